@@ -1,0 +1,142 @@
+"""Every sampler answers one call, `sample(pool_features, client, budget, seed) -> Selection`.
+
+A sampler sees the client only through `ECOSClient`'s public methods, so what
+each one learns about the client is explicit: `ecos` its R scores, the baselines
+nothing, `oracle_central` (a privacy-violating reference) all its features.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ecos_pl.protocol.errors import check_count, check_features
+from ecos_pl.protocol.parties import ECOSClient, ECOSCloud
+
+
+@dataclass
+class Selection:
+    """A proxy set and what it cost to choose it."""
+
+    indices: np.ndarray  # sorted, unique pool indices
+    sampler: str
+    bytes_down: int = 0
+    bytes_up: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    client_macs: int = 0
+    n_centroids: int | None = None
+    epsilon: float | None = None
+    #: per-cluster arrays for diagnostics (scores, allocation, sizes), and the pool's assignments
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def n_selected(self) -> int:
+        return int(len(self.indices))
+
+
+class Sampler(ABC):
+    name: ClassVar[str]
+    uses_budget: ClassVar[bool] = True
+
+    @abstractmethod
+    def sample(self, pool_features: np.ndarray, client: ECOSClient, budget: int | None, seed: int) -> Selection:
+        """Indices into the pool; must be deterministic for a given seed."""
+
+    def check_budget(self, budget, pool_size: int) -> int:
+        return check_count(budget, "budget", high=pool_size, high_name="the pool size")
+
+
+class ECOSSampler(Sampler):
+    """The protocol: compress, score on the client, select."""
+
+    name = "ecos"
+
+    def __init__(
+        self,
+        n_centroids: int = 64,
+        temperature: float = 1.0,
+        send_radii: bool = False,
+        radius_quantile: float = 0.9,
+        niter: int = 25,
+        max_points_per_centroid: int = 256,
+    ):
+        self.n_centroids = n_centroids
+        self.temperature = temperature
+        self.send_radii = send_radii
+        self.radius_quantile = radius_quantile
+        self.niter = niter
+        self.max_points_per_centroid = max_points_per_centroid
+
+    def sample(self, pool_features, client, budget, seed):
+        pool_features = check_features(pool_features, "pool_features")
+        budget = self.check_budget(budget, len(pool_features))
+        cloud = ECOSCloud(
+            pool_features,
+            self.n_centroids,
+            seed=seed,
+            niter=self.niter,
+            send_radii=self.send_radii,
+            radius_quantile=self.radius_quantile,
+            temperature=self.temperature,
+            max_points_per_centroid=self.max_points_per_centroid,
+        )
+        t0 = time.perf_counter()
+        down = cloud.compress()
+        t1 = time.perf_counter()
+        seconds_before = client.score_seconds
+        up = client.score(down)
+        t2 = time.perf_counter()
+        indices = cloud.select(up, budget)
+        t3 = time.perf_counter()
+        return Selection(
+            indices=indices,
+            sampler=self.name,
+            bytes_down=down.nbytes,
+            bytes_up=up.nbytes,
+            timings={"compress": t1 - t0, "score": client.score_seconds - seconds_before, "select": t3 - t2},
+            client_macs=client.score_macs,
+            n_centroids=down.n_centroids,
+            epsilon=up.epsilon,
+            diagnostics={
+                "scores": up.scores.copy(),
+                "allocation": cloud.allocation.copy(),
+                "cluster_sizes": cloud.clusters.sizes.copy(),
+                "assignments": cloud.clusters.assignments.copy(),
+            },
+        )
+
+
+class RandomSampler(Sampler):
+    """`budget` uniformly random pool samples; learns nothing from the client."""
+
+    name = "random"
+
+    def sample(self, pool_features, client, budget, seed):
+        n = len(pool_features)
+        budget = self.check_budget(budget, n)
+        t0 = time.perf_counter()
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False)).astype(np.int64)
+        return Selection(indices=indices, sampler=self.name, timings={"select": time.perf_counter() - t0})
+
+
+class FullSampler(Sampler):
+    """The whole pool, no budget: what training on everything the cloud has gives."""
+
+    name = "full"
+    uses_budget = False
+
+    def sample(self, pool_features, client, budget, seed):
+        return Selection(indices=np.arange(len(pool_features), dtype=np.int64), sampler=self.name)
+
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (ECOSSampler, RandomSampler, FullSampler)}
+
+
+def make_sampler(name: str, **kwargs) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not one of: {', '.join(sorted(SAMPLERS))}.")
+    return SAMPLERS[name](**kwargs)
