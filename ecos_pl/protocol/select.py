@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ecos_pl.protocol.compress import PoolClusters
@@ -48,6 +50,12 @@ def allocate_budget(scores, cluster_sizes, budget: int, temperature: float = 1.0
         alloc += floor
         alloc[top] += 1
         remaining = 0
+    if remaining > 0:
+        warnings.warn(
+            f"budget={b} but the clusters the client scored hold only {int(alloc.sum())} samples; "
+            "the proxy set is smaller than the budget.",
+            stacklevel=2,
+        )
     return alloc
 
 

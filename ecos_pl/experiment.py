@@ -1,0 +1,151 @@
+"""One run from a composed config: data module (which runs the protocol), scenario module, fit, test, results.
+
+`train.py` and the benchmarks call `run_experiment`; nothing here parses the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from ecos_pl.scenarios import build_module
+
+log = logging.getLogger(__name__)
+
+RESULT_KEYS = (
+    "scenario", "sampler", "data", "seed", "budget", "n_centroids", "n_selected", "client_test_acc",
+    "teacher_test_acc", "in_domain_fraction", "bytes_down", "bytes_up", "epsilon", "timings",
+)
+
+
+def _instantiate_group(node) -> list:
+    """Every entry of a config group that has a `_target_` (callbacks: {name: {...}}, or a single logger)."""
+    if not node:
+        return []
+    if "_target_" in node:
+        return [hydra.utils.instantiate(node)]
+    return [hydra.utils.instantiate(v) for v in node.values() if v and "_target_" in v]
+
+
+def make_trainer_factory(cfg: DictConfig):
+    """Trainers for auxiliary fits (the simulated teacher): same hardware settings, no logger, no checkpoints."""
+
+    def make_trainer(**overrides) -> pl.Trainer:
+        kwargs = {"logger": False, "enable_checkpointing": False, "check_val_every_n_epoch": None,
+                  "callbacks": [c for c in _instantiate_group(cfg.get("callbacks")) if isinstance(c, pl.callbacks.ProgressBar)],
+                  **overrides}
+        return hydra.utils.instantiate(cfg.trainer, **kwargs)
+
+    return make_trainer
+
+
+def run_experiment(cfg: DictConfig) -> dict:
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.datamodule)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    make_trainer = make_trainer_factory(cfg)
+    module, extra = build_module(cfg, datamodule, make_trainer)
+
+    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    pl.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)
+
+    report = datamodule.report
+    sampler = datamodule.selection.sampler
+    results = {
+        "scenario": cfg.scenario.name,
+        "sampler": sampler,
+        "data": cfg.data.name,
+        "seed": int(cfg.seed),
+        "budget": int(cfg.budget) if datamodule.sampler.uses_budget else None,
+        "n_centroids": report["n_centroids"],
+        "n_selected": report["n_selected"],
+        "client_test_acc": float(tested[0]["test/acc"]),
+        "teacher_test_acc": extra.get("teacher_test_acc"),
+        "in_domain_fraction": report["in_domain_fraction"],
+        "bytes_down": report["bytes_down"],
+        "bytes_up": report["bytes_up"],
+        "epsilon": report["epsilon"],
+        "timings": {**report["timings"], "train": train_seconds},
+        "client_score_macs": report["client_score_macs"],
+        "pool_in_domain_fraction": report["pool_in_domain_fraction"],
+        "composition_by_domain": report["composition_by_domain"],
+        "n_pool": report["n_pool"],
+        "n_client_train": report["n_client_train"],
+        "n_client_test": report["n_client_test"],
+        **{k: v for k, v in extra.items() if k != "teacher_test_acc"},
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=False))
+        logger.log_metrics({f"result/{k}": v for k, v in _flat_numbers(results).items()})
+    return results
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> Path:
+    """Write to a temporary name in the target folder, then rename: a reader never sees half a file."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def results_table(results: dict):
+    """A rich table of the numbers a reader looks for first."""
+    from rich.table import Table
+
+    table = Table(title=f"ECOS · {results['scenario']} · {results['data']} · sampler={results['sampler']} · seed={results['seed']}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+
+    def fmt(v):
+        if v is None:
+            return "—"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    rows = [
+        ("client test accuracy", results["client_test_acc"]),
+        ("teacher test accuracy", results["teacher_test_acc"]),
+        ("proxy set size / budget", f"{results['n_selected']} / {fmt(results['budget'])}"),
+        ("in-domain fraction (pool base rate)", f"{fmt(results['in_domain_fraction'])} ({results['pool_in_domain_fraction']:.4f})"),
+        ("centroids R", results["n_centroids"]),
+        ("bytes down / up", f"{results['bytes_down']} / {results['bytes_up']}"),
+        ("client scoring multiply-adds", results["client_score_macs"]),
+        ("epsilon", results["epsilon"]),
+    ]
+    rows += [(f"time: {k} (s)", float(v)) for k, v in results["timings"].items()]
+    for name, value in rows:
+        table.add_row(name, fmt(value))
+    return table

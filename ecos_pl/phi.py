@@ -1,0 +1,129 @@
+"""φ, the feature extractor both parties share. It must keep domain/style information.
+
+ECOS senses the client's *domain*: a φ trained to classify the pooled data learns
+to ignore style and makes a poor φ (ECOS.md). The defaults here are a seeded
+random-init CNN and PCA-reduced pixels, both style-preserving and offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from ecos_pl.models import ImageClassifier
+from ecos_pl.protocol.features import l2_normalize
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class FeatureExtractor(ABC):
+    """`fit` runs on the cloud on public pool images only; `transform` runs on both sides."""
+
+    name: str = "phi"
+
+    def fit(self, pool_images: np.ndarray) -> "FeatureExtractor":
+        return self
+
+    @abstractmethod
+    def _features(self, images: np.ndarray) -> np.ndarray: ...
+
+    def transform(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N, d], rows L2-normalised."""
+        return l2_normalize(np.asarray(self._features(images), dtype=np.float32), inplace=True)
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies φ (type, weights, settings) so cached features and messages can be matched to it."""
+
+
+class PCAPixels(FeatureExtractor):
+    """Pixels, centred and projected on the pool's top principal components."""
+
+    name = "pca"
+
+    def __init__(self, n_components: int = 64, seed: int = 0):
+        self.n_components = n_components
+        self.seed = seed
+        self._pca = None
+
+    def fit(self, pool_images):
+        from sklearn.decomposition import PCA
+
+        x = pool_images.reshape(len(pool_images), -1).astype(np.float32) / 255.0
+        k = min(self.n_components, *x.shape)
+        self._pca = PCA(n_components=k, random_state=self.seed, svd_solver="randomized").fit(x)
+        return self
+
+    def _features(self, images):
+        if self._pca is None:
+            raise RuntimeError("PCAPixels.transform() was called before fit(); the cloud fits it on the pool first.")
+        return self._pca.transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
+    def fingerprint(self):
+        h = hashlib.sha256(f"pca:{self.n_components}:{self.seed}".encode())
+        if self._pca is not None:
+            h.update(self._pca.components_.astype(np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+
+class TimmFeatures(FeatureExtractor):
+    """A timm backbone as φ: random-init (seeded) or pretrained weights.
+
+    `pooling="avg"` gives the pooled penultimate features. `pooling="style"` gives,
+    for each of the feature stages in `stages`, every channel's mean and standard
+    deviation over space: the statistics that carry style (AdaIN, Gram matrices) and
+    that a random-init network already has. On digits_lite they find the client's
+    domain better than pooled features (README, "Choosing φ").
+    """
+
+    name = "timm"
+
+    def __init__(
+        self,
+        model: str = "resnet18",
+        pretrained: bool | str = False,
+        seed: int = 0,
+        pooling: str = "avg",
+        stages: tuple[int, ...] | list[int] = (0, 1, 2),
+        batch_size: int = 256,
+        device: str | None = None,
+    ):
+        if pooling not in ("avg", "style"):
+            raise ValueError(f"pooling={pooling!r} must be 'avg' or 'style'.")
+        self.model_name = model
+        self.pretrained = pretrained
+        self.seed = seed
+        self.pooling = pooling
+        self.stages = tuple(int(i) for i in stages)
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        extra = {"features_only": True, "out_indices": self.stages} if pooling == "style" else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = ImageClassifier(model, num_classes=0, pretrained=pretrained, **extra).eval().to(self.device)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.pooling == "avg":
+            return out
+        return torch.cat([torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in out], dim=1)
+
+    @torch.inference_mode()
+    def _features(self, images):
+        out = [
+            self._embed(images_to_tensor(images[start : start + self.batch_size]).to(self.device)).float().cpu().numpy()
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(out)
+
+    def fingerprint(self):
+        h = hashlib.sha256(f"timm:{self.model_name}:{self.pretrained}:{self.seed}:{self.pooling}:{self.stages}".encode())
+        for tensor in self.model.state_dict().values():
+            h.update(tensor.detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,96 @@
+"""One LightningModule for every scenario; a scenario only says what the targets are and what the loss is."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ecos_pl.models import ImageClassifier
+
+
+def pad_and_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random translation by up to `pad` pixels, per sample (the classic small-image augmentation)."""
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # [n, h]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # [n, w]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class ProxyTrainingModule(pl.LightningModule):
+    """Trains `model` on the proxy set and reports accuracy on the client's test split.
+
+    Subclasses implement `training_loss(logits, batch)`. The recipe (SGD with
+    Nesterov momentum, one-cycle schedule, pad-and-crop) matters as much as the
+    data on small proxy sets: ECOS.md measured 0.36 vs 0.86 for the same teacher
+    with plain Adam and no augmentation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        arch: str = "resnet10t",
+        num_classes: int = 10,
+        pretrained: bool | str = False,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        augment_pad: int = 4,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model if model is not None else ImageClassifier(arch, num_classes, pretrained=pretrained)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x = pad_and_crop(batch["image"], self.hparams.augment_pad)
+        loss = self.training_loss(self(x), {**batch, "image": x})
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def _evaluate(self, batch: dict, metric: MulticlassAccuracy, prefix: str) -> None:
+        logits = self(batch["image"])
+        metric.update(logits, batch["label"])
+        self.log(f"{prefix}/acc", metric, prog_bar=True, on_epoch=True, on_step=False, batch_size=len(logits))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_acc, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+            nesterov=True,
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SupervisedModule(ProxyTrainingModule):
+    """Cross-entropy on the batch's labels (teacher training, and the labelled-proxy scenarios)."""
+
+    def training_loss(self, logits, batch):
+        return F.cross_entropy(logits, batch["label"])

@@ -1,0 +1,74 @@
+"""Scenario `compression`: distil a teacher that knows the client's distribution into a small student, on the proxy set only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecos_pl.scenarios.base import ProxyTrainingModule
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher_T || student_T) · T² (Hinton et al.), so gradients keep their scale as T changes."""
+    t = float(temperature)
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True
+    ) * (t * t)
+
+
+class DistillationModule(ProxyTrainingModule):
+    """No label of the proxy set is used: the targets are the frozen teacher's softened outputs."""
+
+    def __init__(self, teacher: nn.Module, temperature: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["teacher", "model"])
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # batch-norm statistics of the teacher stay frozen
+        return self
+
+    def training_loss(self, logits, batch):
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch["image"])
+        return distillation_loss(logits, teacher_logits, self.hparams.temperature)
+
+
+def build_compression(cfg, datamodule, make_trainer):
+    """The student (cfg.backbone.student) distilled from a teacher (cfg.backbone.teacher) obtained per cfg.scenario.teacher."""
+    from ecos_pl.scenarios.teacher import obtain_teacher
+
+    sc = cfg.scenario
+    num_classes = datamodule.data.num_classes
+    teacher, info = obtain_teacher(
+        datamodule,
+        arch=cfg.backbone.teacher,
+        num_classes=num_classes,
+        source=sc.teacher.source,
+        checkpoint=sc.teacher.checkpoint,
+        epochs=sc.teacher.epochs,
+        lr=sc.teacher.lr,
+        seed=cfg.seed,
+        cache_dir=cfg.cache_dir,
+        make_trainer=make_trainer,
+    )
+    module = DistillationModule(
+        teacher, temperature=sc.temperature, arch=cfg.backbone.student, num_classes=num_classes, lr=sc.lr,
+        pretrained=cfg.backbone.get("pretrained", False),
+    )
+    teacher_acc = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
+    return module, {"teacher_test_acc": teacher_acc, "teacher_origin": info["origin"], "teacher_path": info["path"]}
+
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, loader, num_classes: int) -> float:
+    from torchmetrics.classification import MulticlassAccuracy
+
+    metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+    device = next(model.parameters()).device
+    model.eval()
+    for batch in loader:
+        metric.update(model(batch["image"].to(device)).cpu(), batch["label"])
+    return float(metric.compute())

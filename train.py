@@ -1,0 +1,30 @@
+"""Train a model for the client on an ECOS proxy set.
+
+    uv run python train.py scenario=compression
+    uv run python train.py sampler=random seed=2 results_file=results/random-2.json
+
+Composes `conf/train.yaml` with Hydra; everything else lives in `ecos_pl`.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from rich.console import Console
+
+    from ecos_pl.experiment import results_table, run_experiment, write_json_atomic
+
+    results = run_experiment(cfg)
+    Console().print(results_table(results))
+    if cfg.get("results_file"):
+        path = write_json_atomic(results, cfg.results_file)
+        print(f"results written to {path}")
+    return results["client_test_acc"]
+
+
+if __name__ == "__main__":
+    main()
