@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -100,6 +101,7 @@ class ECOSDataModule(pl.LightningDataModule):
             "n_client_train": len(data.client_train),
             "n_client_test": len(data.client_test),
             "n_selected": sel.n_selected,
+            "proxy_set_sha1": hashlib.sha1(np.ascontiguousarray(sel.indices, dtype=np.int64).tobytes()).hexdigest(),
             "n_centroids": sel.n_centroids,
             "in_domain_fraction": in_domain,
             "pool_in_domain_fraction": float(np.mean(data.pool_in_domain())),

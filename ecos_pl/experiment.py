@@ -85,6 +85,9 @@ def run_experiment(cfg: DictConfig) -> dict:
         "client_score_macs": report["client_score_macs"],
         "pool_in_domain_fraction": report["pool_in_domain_fraction"],
         "composition_by_domain": report["composition_by_domain"],
+        "proxy_set_sha1": report["proxy_set_sha1"],
+        # written by callbacks.SamplingDiagnostics when it is configured
+        **{k: report[k] for k in ("figures", "diagnostics_files", "composition_by_class", "score_concentration") if k in report},
         "n_pool": report["n_pool"],
         "n_client_train": report["n_client_train"],
         "n_client_test": report["n_client_test"],

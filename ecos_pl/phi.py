@@ -22,6 +22,23 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def _track(steps: range, description: str, progress: bool | None):
+    """A rich progress bar over `steps` on long work: large pools take minutes through a backbone.
+
+    Shown when asked (`progress=True`), or by default when there is more than one
+    step and stdout is a terminal, so CI logs do not fill with bar redraws.
+    """
+    if progress is False or (progress is None and len(steps) <= 1):
+        return steps
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console()
+    if progress is None and not console.is_terminal:
+        return steps
+    return track(steps, description=description, console=console, transient=True)
+
+
 class FeatureExtractor(ABC):
     """`fit` runs on the cloud on public pool images only; `transform` runs on both sides."""
 
@@ -93,6 +110,7 @@ class TimmFeatures(FeatureExtractor):
         stages: tuple[int, ...] | list[int] = (0, 1, 2),
         batch_size: int = 256,
         device: str | None = None,
+        progress: bool | None = None,
     ):
         if pooling not in ("avg", "style"):
             raise ValueError(f"pooling={pooling!r} must be 'avg' or 'style'.")
@@ -103,6 +121,8 @@ class TimmFeatures(FeatureExtractor):
         self.stages = tuple(int(i) for i in stages)
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        #: None: a progress bar on a terminal when there is more than one batch; True/False: always/never
+        self.progress = progress
         extra = {"features_only": True, "out_indices": self.stages} if pooling == "style" else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -116,9 +136,10 @@ class TimmFeatures(FeatureExtractor):
 
     @torch.inference_mode()
     def _features(self, images):
+        starts = _track(range(0, len(images), self.batch_size), f"φ features ({len(images):,} images)", self.progress)
         out = [
             self._embed(images_to_tensor(images[start : start + self.batch_size]).to(self.device)).float().cpu().numpy()
-            for start in range(0, len(images), self.batch_size)
+            for start in starts
         ]
         return np.concatenate(out)
 

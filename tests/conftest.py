@@ -12,3 +12,18 @@ def mixture():
     component = np.repeat(np.arange(k), n_per)
     client = (means[3] + rng.normal(size=(300, d))).astype(np.float32)
     return {"pool": pool, "component": component, "client": client, "client_component": 3, "base_rate": 1 / k}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests never read or fill the user's ~/.cache/ecos-pl."""
+    import os
+
+    path = tmp_path_factory.mktemp("ecos-cache")
+    old = os.environ.get("ECOS_CACHE")
+    os.environ["ECOS_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ECOS_CACHE", None)
+    else:
+        os.environ["ECOS_CACHE"] = old

@@ -17,7 +17,7 @@ Recipe (bump `VERSION` whenever any of it changes, so stale caches are not reuse
   (colours, photo crop, rotation, noise, scale and shift jitter).
 * `N_CROPS` non-digit crops of the photos form the out-of-class domain "crops".
 
-With the defaults (seed-independent counts): client test 252, client train 378, and a
+With the defaults (seed-independent counts): client test 252, client train 756, and a
 pool of 4,480 images of which 376 (8.4%) are in the client's domain.
 """
 
@@ -41,7 +41,7 @@ from ecos_pl.data.base import NONE_LABEL, DomainSplit, ECOSData
 log = logging.getLogger(__name__)
 
 #: bump when the recipe changes; it is part of the cache file name.
-VERSION = 1
+VERSION = 2
 
 DIGIT_DOMAINS = ("plain", "inverted", "photo", "svhn_like", "thick_rotated")
 OOD_DOMAIN = "crops"
@@ -52,10 +52,12 @@ CLASS_NAMES = [str(i) for i in range(10)]
 CLIENT_DOMAIN_FRACTION = 0.35
 #: of the client domain's digits: share for the client test split (~252, rendered once).
 CLIENT_TEST_FRACTION = 0.40
-#: of the client domain's digits: share for client train (~189, rendered twice); the rest go to the pool.
+#: of the client domain's digits: share for client train (~189, rendered four times); the rest go to the pool.
+#: Four renders (vs two) give the simulated teacher enough style variety: resnet18 on the client's
+#: data went from 0.59 to 0.88 test accuracy (seed 1, 40 epochs).
 CLIENT_TRAIN_FRACTION = 0.30
 #: renders per underlying digit; the test split is rendered once so its images are independent digits.
-RENDERS = {"client_test": 1, "client_train": 2, "client_pool": 2, "other": 3}
+RENDERS = {"client_test": 1, "client_train": 4, "client_pool": 2, "other": 3}
 #: number of out-of-class photo crops in the pool.
 N_CROPS = 600
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import faiss
@@ -38,6 +39,57 @@ def nearest_centroid(features: np.ndarray, centroids: np.ndarray, *, use_gpu: bo
     return sq_dist[:, 0], idx[:, 0].astype(np.int64)
 
 
+#: pools with at least this many rows get a k-means spinner and an assignment bar, on a terminal only.
+PROGRESS_MIN_ROWS = 100_000
+#: CPU assignment chunks are this many faiss query blocks (`distance_compute_blas_query_bs` rows each).
+ASSIGN_CHUNK_BLOCKS = 16
+
+
+def _show_progress(n_rows: int) -> bool:
+    """faiss reports no progress, so long clusterings look hung without this (rich only; no training framework)."""
+    if n_rows < PROGRESS_MIN_ROWS:
+        return False
+    from rich.console import Console
+
+    return Console().is_terminal
+
+
+def _spinner(message: str):
+    from rich.console import Console
+
+    return Console().status(message)
+
+
+def _assignment_chunks(n: int) -> list[tuple[int, int]]:
+    """Row ranges that leave faiss's results bit-identical to one search over all rows.
+
+    Each chunk is a whole number of faiss's query blocks (so BLAS sees the same
+    blocks) and, when all rows would take the BLAS path, no chunk is short enough
+    to fall back to the exact per-row path.
+    """
+    bs = max(1, int(faiss.cvar.distance_compute_blas_query_bs))
+    threshold = int(faiss.cvar.distance_compute_blas_threshold)
+    size = bs * max(ASSIGN_CHUNK_BLOCKS, -(-threshold // bs))
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and n >= threshold and bounds[-1] - bounds[-2] < threshold:
+        del bounds[-2]  # fold a short tail into the previous chunk
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def nearest_centroid_chunked(features: np.ndarray, centroids: np.ndarray, *, description: str = "assigning"):
+    """`nearest_centroid` on CPU in chunks with a progress bar; the same results."""
+    from rich.progress import track
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    sq_dist = np.empty(len(features), dtype=np.float32)
+    assign = np.empty(len(features), dtype=np.int64)
+    for lo, hi in track(_assignment_chunks(len(features)), description=description, transient=True):
+        d, i = index.search(features[lo:hi], 1)
+        sq_dist[lo:hi], assign[lo:hi] = d[:, 0], i[:, 0]
+    return sq_dist, assign
+
+
 def compress(
     pool_features: np.ndarray,
     n_centroids: int,
@@ -71,9 +123,14 @@ def compress(
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,
     )
-    kmeans.train(x)
+    show = _show_progress(x.shape[0])
+    with _spinner(f"k-means: {r} centroids on {x.shape[0]:,} × {x.shape[1]} features") if show else contextlib.nullcontext():
+        kmeans.train(x)
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-    sq_dist, assign = nearest_centroid(x, centroids, use_gpu=gpu)
+    if show and not gpu:
+        sq_dist, assign = nearest_centroid_chunked(x, centroids, description=f"assigning {x.shape[0]:,} pool rows")
+    else:
+        sq_dist, assign = nearest_centroid(x, centroids, use_gpu=gpu)
     sizes = np.bincount(assign, minlength=r).astype(np.int64)
     radii = None
     if send_radii:

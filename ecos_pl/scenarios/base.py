@@ -47,7 +47,7 @@ class ProxyTrainingModule(pl.LightningModule):
         augment_pad: int = 4,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "teacher"])  # modules are saved as weights, not hparams
         self.model = model if model is not None else ImageClassifier(arch, num_classes, pretrained=pretrained)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

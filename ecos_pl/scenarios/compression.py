@@ -22,7 +22,7 @@ class DistillationModule(ProxyTrainingModule):
 
     def __init__(self, teacher: nn.Module, temperature: float = 4.0, **kwargs):
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["teacher", "model"])
+        self.temperature = temperature
         self.teacher = teacher.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
@@ -33,7 +33,7 @@ class DistillationModule(ProxyTrainingModule):
     def training_loss(self, logits, batch):
         with torch.no_grad():
             teacher_logits = self.teacher(batch["image"])
-        return distillation_loss(logits, teacher_logits, self.hparams.temperature)
+        return distillation_loss(logits, teacher_logits, self.temperature)
 
 
 def build_compression(cfg, datamodule, make_trainer):
@@ -54,10 +54,12 @@ def build_compression(cfg, datamodule, make_trainer):
         cache_dir=cfg.cache_dir,
         make_trainer=make_trainer,
     )
-    module = DistillationModule(
-        teacher, temperature=sc.temperature, arch=cfg.backbone.student, num_classes=num_classes, lr=sc.lr,
-        pretrained=cfg.backbone.get("pretrained", False),
-    )
+    with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path
+        torch.manual_seed(cfg.seed)
+        module = DistillationModule(
+            teacher, temperature=sc.temperature, arch=cfg.backbone.student, num_classes=num_classes, lr=sc.lr,
+            pretrained=cfg.backbone.get("pretrained", False),
+        )
     teacher_acc = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
     return module, {"teacher_test_acc": teacher_acc, "teacher_origin": info["origin"], "teacher_path": info["path"]}
 

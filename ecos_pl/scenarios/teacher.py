@@ -53,9 +53,11 @@ def load_classifier(path: str | os.PathLike, arch: str, num_classes: int) -> Ima
         raise ValueError(f"checkpoint={str(path)!r} was saved for architecture {saved_arch!r}, but the teacher is {arch!r}.")
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of one of our modules
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    model = ImageClassifier(arch, num_classes)
+    with torch.random.fork_rng(devices=[]):  # loading weights must not move the global RNG
+        model = ImageClassifier(arch, num_classes)
     try:
         model.load_state_dict(state, strict=True)
+        model.eval()
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(

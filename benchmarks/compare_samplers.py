@@ -1,0 +1,97 @@
+"""Run every sampler over several seeds through `train.py`, and tabulate the results.
+
+    uv run python benchmarks/compare_samplers.py                        # compression, seeds 1-3
+    uv run python benchmarks/compare_samplers.py seeds=[1] samplers=[ecos,random] budget=200
+
+`seeds=`, `samplers=`, `out=` belong to this script; every other `key=value` is a
+Hydra override passed to each `train.py` run. Each run writes its own results
+JSON (kept, so an interrupted comparison resumes where it stopped); the table
+(mean ± std over seeds) is printed and written as markdown and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecos_pl.experiment import write_json_atomic  # noqa: E402
+
+DEFAULTS = {"seeds": [1, 2, 3], "samplers": ["ecos", "random", "full"], "out": "benchmarks/results"}
+COLUMNS = ["client_test_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "bytes_up", "bytes_down"]
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    opts, overrides = dict(DEFAULTS), []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in DEFAULTS:
+            opts[key] = yaml.safe_load(value)
+        else:
+            overrides.append(arg)
+    opts["seeds"] = [int(s) for s in (opts["seeds"] if isinstance(opts["seeds"], list) else [opts["seeds"]])]
+    opts["samplers"] = opts["samplers"] if isinstance(opts["samplers"], list) else [opts["samplers"]]
+    return opts, overrides
+
+
+def mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if all(float(v).is_integer() and abs(v) >= 10 for v in values):
+        return f"{statistics.mean(values):.0f}"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def markdown(rows: dict[str, list[dict]], title: str) -> str:
+    lines = [f"### {title}", "", "| sampler | " + " | ".join(COLUMNS) + " | train s |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for sampler, runs in rows.items():
+        cells = [mean_std([r.get(c) for r in runs]) for c in COLUMNS]
+        cells.append(mean_std([r["timings"]["train"] for r in runs]))
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    opts, overrides = parse_args(argv)
+    scenario = next((o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")), "compression")
+    data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
+    out_dir = (ROOT / opts["out"]).resolve()
+    runs_dir = out_dir / "runs" / f"{scenario}-{data}"
+    rows: dict[str, list[dict]] = {}
+    for sampler in opts["samplers"]:
+        for seed in opts["seeds"]:
+            result_file = runs_dir / f"{sampler}-seed{seed}.json"
+            if not result_file.exists():
+                cmd = [sys.executable, "train.py", f"sampler={sampler}", f"seed={seed}", "logger=csv",
+                       f"results_file={result_file}", *overrides]
+                print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+                    print(f"run failed: sampler={sampler} seed={seed}", file=sys.stderr)
+                    return 1
+            rows.setdefault(sampler, []).append(json.loads(result_file.read_text()))
+    title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f" ({' '.join(overrides)})" if overrides else "")
+    table = markdown(rows, title)
+    print(table)
+    stem = out_dir / f"compare_samplers-{scenario}-{data}"
+    md_tmp = stem.with_suffix(".md.tmp")
+    md_tmp.write_text(table)
+    md_tmp.replace(stem.with_suffix(".md"))
+    write_json_atomic({"title": title, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
+    print(f"written {stem}.md and {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
