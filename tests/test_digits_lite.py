@@ -113,7 +113,7 @@ def test_same_seed_is_deterministic_and_other_seed_differs(data, tmp_path):
 def test_second_call_loads_from_cache(built, monkeypatch):
     data, cache = built
     files = sorted(p.name for p in cache.iterdir())
-    assert files == [f"digits_lite-v{dl.VERSION}-seed1-photo-32.npz"]  # no temp file left behind
+    assert files == [f"digits_lite-v{dl.VERSION}-seed1-photo-32-ct4.npz"]  # no temp file left behind
 
     def boom(*a, **k):
         raise AssertionError("rebuilt although a valid cache exists")
@@ -125,7 +125,7 @@ def test_second_call_loads_from_cache(built, monkeypatch):
 
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(data, tmp_path):
-    path = tmp_path / f"digits_lite-v{dl.VERSION}-seed1-photo-32.npz"
+    path = tmp_path / f"digits_lite-v{dl.VERSION}-seed1-photo-32-ct4.npz"
     path.write_bytes(b"not an npz file")
     with pytest.warns(UserWarning, match="rebuilding"):
         rebuilt = build_digits_lite(seed=1, cache_dir=tmp_path)
@@ -168,3 +168,15 @@ def test_photo_domain_differs_in_colour_from_plain(data):
     assert _saturation(photo) > 0.3
     # per-image mean colour varies far more across photo images than across plain ones
     assert photo.mean((1, 2)).std(0).mean() > 2 * plain.mean((1, 2)).std(0).mean()
+
+
+def test_client_train_renders_is_a_parameter(tmp_path):
+    from ecos_pl.data.digits_lite import build_digits_lite
+
+    two = build_digits_lite(seed=1, cache_dir=tmp_path, client_train_renders=2)
+    four = build_digits_lite(seed=1, cache_dir=tmp_path)
+    assert len(four.client_train) == 2 * len(two.client_train)
+    assert set(two.meta["source_index"]["client_train"]) == set(four.meta["source_index"]["client_train"])
+    np.testing.assert_array_equal(two.client_test.images, four.client_test.images)
+    with pytest.raises(ValueError, match="client_train_renders"):
+        build_digits_lite(seed=1, cache_dir=tmp_path, client_train_renders=0)

@@ -265,7 +265,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- build / cache
 
 
-def _build_arrays(seed: int, client_domain: str, size: int) -> dict[str, np.ndarray]:
+def _build_arrays(seed: int, client_domain: str, size: int, renders: dict[str, int]) -> dict[str, np.ndarray]:
     """All splits as plain arrays (what the cache stores)."""
     from sklearn.datasets import load_digits, load_sample_images
 
@@ -283,7 +283,7 @@ def _build_arrays(seed: int, client_domain: str, size: int) -> dict[str, np.ndar
     }
     part_key = {"client_test": 0, "client_train": 1, "client_pool": 2, "other": 3}
     for (domain, part), idx in sorted(parts.items(), key=lambda kv: (DOMAIN_NAMES.index(kv[0][0]), kv[0][1])):
-        r = RENDERS[part]
+        r = renders[part]
         rng = _rng(seed, _KEY_RENDER + 10 * DOMAIN_NAMES.index(domain) + part_key[part])
         imgs = _to_uint8(_render(domain, d8[idx], r, size, photos, rng))
         src = np.repeat(idx, r)
@@ -306,10 +306,17 @@ def _build_arrays(seed: int, client_domain: str, size: int) -> dict[str, np.ndar
     return arrays
 
 
-def _recipe(seed: int, client_domain: str, size: int) -> str:
+def _recipe(seed: int, client_domain: str, size: int, renders: dict[str, int]) -> str:
     return json.dumps(
-        {"version": VERSION, "seed": seed, "client_domain": client_domain, "image_size": size}, sort_keys=True
+        {"version": VERSION, "seed": seed, "client_domain": client_domain, "image_size": size, "renders": renders},
+        sort_keys=True,
     )
+
+
+def _renders(client_train_renders) -> dict[str, int]:
+    if isinstance(client_train_renders, bool) or not isinstance(client_train_renders, numbers.Integral) or client_train_renders < 1:
+        raise ValueError(f"client_train_renders must be a whole number >= 1, got {client_train_renders!r}.")
+    return {**RENDERS, "client_train": int(client_train_renders)}
 
 
 def _load_cache(path: Path, recipe: str) -> dict[str, np.ndarray] | None:
@@ -358,7 +365,7 @@ def _assemble(arrays: dict[str, np.ndarray], recipe: dict, cache_path: Path | No
             "client_test": CLIENT_TEST_FRACTION,
             "client_train": CLIENT_TRAIN_FRACTION,
         },
-        "renders": dict(RENDERS),
+        "renders": dict(recipe["renders"]),
         "cache_path": None if cache_path is None else str(cache_path),
     }
     return ECOSData(
@@ -378,16 +385,21 @@ def build_digits_lite(
     client_domain: str = "photo",
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 32,
+    client_train_renders: int = RENDERS["client_train"],
 ) -> ECOSData:
-    """Build (or load from the cache) the digits_lite benchmark; same seed -> byte-identical arrays."""
+    """Build (or load from the cache) the digits_lite benchmark; same seed -> byte-identical arrays.
+
+    `client_train_renders`: how many times each client-train digit is drawn (fresh styles each time).
+    """
     seed, client_domain, image_size = _check_inputs(seed, client_domain, image_size)
+    renders = _renders(client_train_renders)
     cache_dir = _default_cache_dir() if cache_dir is None else Path(cache_dir)
-    path = cache_dir / f"digits_lite-v{VERSION}-seed{seed}-{client_domain}-{image_size}.npz"
-    recipe = _recipe(seed, client_domain, image_size)
+    path = cache_dir / f"digits_lite-v{VERSION}-seed{seed}-{client_domain}-{image_size}-ct{renders['client_train']}.npz"
+    recipe = _recipe(seed, client_domain, image_size, renders)
     arrays = _load_cache(path, recipe)
     if arrays is None:
         t0 = time.perf_counter()
-        arrays = _build_arrays(seed, client_domain, image_size)
+        arrays = _build_arrays(seed, client_domain, image_size, renders)
         log.info("built digits_lite (seed=%d, client=%s) in %.1f s", seed, client_domain, time.perf_counter() - t0)
         _save_cache(path, arrays, recipe)
     return _assemble(arrays, json.loads(recipe), path)
@@ -398,9 +410,17 @@ class DigitsLite:
 
     name = "digits_lite"
 
-    def __init__(self, seed: int = 1, client_domain: str = "photo", cache_dir=None, image_size: int = 32):
+    def __init__(
+        self,
+        seed: int = 1,
+        client_domain: str = "photo",
+        cache_dir=None,
+        image_size: int = 32,
+        client_train_renders: int = RENDERS["client_train"],
+    ):
         self.seed, self.client_domain, self.image_size = _check_inputs(seed, client_domain, image_size)
+        self.client_train_renders = _renders(client_train_renders)["client_train"]
         self.cache_dir = cache_dir
 
     def load(self) -> ECOSData:
-        return build_digits_lite(self.seed, self.client_domain, self.cache_dir, self.image_size)
+        return build_digits_lite(self.seed, self.client_domain, self.cache_dir, self.image_size, self.client_train_renders)
