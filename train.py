@@ -14,11 +14,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
     from ecos_pl.experiment import results_table, run_experiment, write_json_atomic
 
     results = run_experiment(cfg)
+    if rank_zero_only.rank != 0:  # under DDP only rank zero reports
+        return results["client_test_acc"]
     Console().print(results_table(results))
     if cfg.get("results_file"):
         path = write_json_atomic(results, cfg.results_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ecos_pl.data.base import DomainSplit, ECOSData
 from ecos_pl.phi import FeatureExtractor, images_to_tensor
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
+from ecos_pl.protocol.store import load_selection, sampler_spec, save_selection, selection_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,13 @@ class ECOSDataModule(pl.LightningDataModule):
 
     `source` builds the data (pool, client train, client test); `phi` is the shared
     feature extractor; `sampler` chooses at most `budget` pool samples given the
-    client. The protocol runs once per instance; `report` holds what it cost.
+    client; `report` holds what it cost.
+
+    DDP-safe: `setup()` runs on every rank after the process group exists. Rank zero
+    runs the protocol and writes the selection to `cache_dir/selections/<key>.npz`,
+    keyed by a hash of the data, φ, the sampler, the budget, the seed and ε; a
+    barrier; every rank loads that artifact and the ranks check that their proxy
+    sets are identical. A rerun with the same configuration reuses the artifact.
     """
 
     def __init__(
@@ -52,6 +60,8 @@ class ECOSDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        cache_dir: str | None = None,
+        reuse_selection: bool = True,
     ):
         super().__init__()
         self.source = source
@@ -63,7 +73,10 @@ class ECOSDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.reuse_selection = reuse_selection
         self.data: ECOSData | None = None
+        self._pool_features: np.ndarray | None = None
         self.selection: Selection | None = None
         self.proxy: DomainSplit | None = None
         self.report: dict = {}
@@ -71,28 +84,91 @@ class ECOSDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         self.source.load()  # builds and caches on disk once
 
+    def load_data(self) -> ECOSData:
+        """The data alone, without running the protocol (the simulated teacher needs only this)."""
+        if self.data is None:
+            self.data = self.source.load()
+        return self.data
+
+    @property
+    def pool_features(self) -> np.ndarray:
+        """φ of the pool, computed on first use (a reused selection does not need it)."""
+        if self._pool_features is None:
+            data = self.load_data()
+            self.phi.fit(data.pool.images)
+            self._pool_features = self.phi.transform(data.pool.images)
+        return self._pool_features
+
+    def selection_path(self) -> Path | None:
+        """Where this configuration's selection lives; computed once (φ's fingerprint may change once it is fitted)."""
+        if self.cache_dir is None:
+            return None
+        if getattr(self, "_selection_path", None) is not None:
+            return self._selection_path
+        data = self.load_data()
+        key = selection_key(
+            data.name, data.pool.images, data.pool.labels, data.pool.domains, data.client_train.images,
+            self.phi.fingerprint(), sampler_spec(self.sampler), self.budget if self.sampler.uses_budget else None,
+            self.seed, self.client_epsilon,
+        )
+        self._selection_path = Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
+        return self._selection_path
+
     def setup(self, stage: str | None = None) -> None:
         if self.selection is not None:
             return
-        self.data = data = self.source.load()
+        data = self.load_data()
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        is_zero = trainer.is_global_zero if trainer is not None else True
+        path = self.selection_path()
+        reused = path is not None and self.reuse_selection and path.is_file()
+        if is_zero and not reused:
+            selection, extra = self._run_protocol(data)
+            if path is not None:
+                save_selection(selection, path, extra)
+        if world > 1:
+            if path is None:
+                raise ValueError("cache_dir is None: under DDP the selection is shared through an artifact in cache_dir.")
+            trainer.strategy.barrier("ecos-selection")
+        if path is not None and (reused or not is_zero):
+            selection, extra = load_selection(path)
+        self.selection = sel = selection
+        self.proxy = data.pool.subset(sel.indices)
+        self.report = self._report(data, sel, **extra)
+        self.report["selection_artifact"] = None if path is None else str(path)
+        self.report["selection_reused"] = bool(reused)
+        self.report["proxy_set_sha1_per_rank"] = self._check_same_proxy_set(trainer, world)
+        log.info(
+            "proxy set: %d of %d pool samples by %s, in-domain fraction %s%s",
+            sel.n_selected, len(data.pool), sel.sampler, self.report["in_domain_fraction"],
+            " (reused artifact)" if reused else "",
+        )
+
+    def _run_protocol(self, data: ECOSData) -> tuple[Selection, dict]:
         t0 = time.perf_counter()
-        self.phi.fit(data.pool.images)
-        pool_features = self.phi.transform(data.pool.images)
+        pool_features = self.pool_features
         t1 = time.perf_counter()
         client_features = self.phi.transform(data.client_train.images)
         t2 = time.perf_counter()
         client = ECOSClient(client_features, epsilon=self.client_epsilon, seed=self.seed)
         budget = self.budget if self.sampler.uses_budget else None
-        self.selection = sel = self.sampler.sample(pool_features, client, budget, self.seed)
-        self.proxy = data.pool.subset(sel.indices)
-        self.pool_features = pool_features
-        self.report = self._report(data, sel, cloud_features_s=t1 - t0, client_features_s=t2 - t1)
-        log.info(
-            "proxy set: %d of %d pool samples by %s, in-domain fraction %s",
-            sel.n_selected, len(data.pool), sel.sampler, self.report["in_domain_fraction"],
-        )
+        selection = self.sampler.sample(pool_features, client, budget, self.seed)
+        return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
-    def _report(self, data: ECOSData, sel: Selection, *, cloud_features_s: float, client_features_s: float) -> dict:
+    def _check_same_proxy_set(self, trainer, world: int) -> list[str]:
+        """Every rank's proxy-set hash; a mismatch stops the run instead of training on different data."""
+        digest = self.report["proxy_set_sha1"]
+        if world <= 1:
+            return [digest]
+        local = torch.tensor([int(digest[i : i + 8], 16) for i in range(0, 40, 8)], dtype=torch.int64)
+        gathered = trainer.strategy.all_gather(local).reshape(world, -1).cpu()
+        digests = ["".join(f"{int(v):08x}" for v in row) for row in gathered]
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks selected different proxy sets: {digests}")
+        return digests
+
+    def _report(self, data: ECOSData, sel: Selection, *, cloud_features_s: float = 0.0, client_features_s: float = 0.0) -> dict:
         domains = data.pool.domains[sel.indices]
         composition = {name: int((domains == i).sum()) for i, name in enumerate(data.domain_names)}
         in_domain = float(np.mean(domains == data.client_domain_index)) if sel.n_selected else None

@@ -40,7 +40,9 @@ def make_trainer_factory(cfg: DictConfig):
     """Trainers for auxiliary fits (the simulated teacher): same hardware settings, no logger, no checkpoints."""
 
     def make_trainer(**overrides) -> pl.Trainer:
+        # single device: under DDP rank zero trains the teacher before the other ranks start, and they find it cached
         kwargs = {"logger": False, "enable_checkpointing": False, "check_val_every_n_epoch": None,
+                  "devices": 1, "strategy": "auto", "num_nodes": 1,
                   "callbacks": [c for c in _instantiate_group(cfg.get("callbacks")) if isinstance(c, pl.callbacks.ProgressBar)],
                   **overrides}
         return hydra.utils.instantiate(cfg.trainer, **kwargs)
@@ -52,7 +54,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.datamodule)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
     make_trainer = make_trainer_factory(cfg)
     module, extra = build_module(cfg, datamodule, make_trainer)
 
@@ -86,6 +88,10 @@ def run_experiment(cfg: DictConfig) -> dict:
         "pool_in_domain_fraction": report["pool_in_domain_fraction"],
         "composition_by_domain": report["composition_by_domain"],
         "proxy_set_sha1": report["proxy_set_sha1"],
+        "proxy_set_sha1_per_rank": report["proxy_set_sha1_per_rank"],
+        "world_size": trainer.world_size,
+        "selection_reused": report["selection_reused"],
+        "selection_artifact": report["selection_artifact"],
         # written by callbacks.SamplingDiagnostics when it is configured
         **{k: report[k] for k in ("figures", "diagnostics_files", "composition_by_class", "score_concentration") if k in report},
         "n_pool": report["n_pool"],
