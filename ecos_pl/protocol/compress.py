@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from ecos_pl.protocol.errors import check_count, check_features
-from ecos_pl.protocol.features import normalized
+from ecos_pl.protocol.errors import check_count
+from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage
 
 
@@ -110,7 +110,7 @@ def compress(
     quantile of its members' distances, letting the client ignore samples the pool
     does not cover.
     """
-    x = normalized(check_features(pool_features, "pool_features"))
+    x = unit_rows(pool_features, "pool_features")
     r = check_count(n_centroids, "n_centroids", high=x.shape[0], high_name="the pool size")
     gpu = use_gpu_default() if use_gpu is None else bool(use_gpu)
     kmeans = faiss.Kmeans(

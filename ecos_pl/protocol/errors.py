@@ -18,11 +18,8 @@ class ECOSInputError(ValueError):
 _CHUNK_ROWS = 65536
 
 
-def check_features(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    """Return `x` as a C-contiguous float32 [N, d] array, or say clearly why it cannot be one.
-
-    Checks run in row chunks so a memory-mapped pool is never materialised twice.
-    """
+def check_feature_shape(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """The checks of `check_features` that need no pass over the values: type, shape, dimension, dtype."""
     if x is None:
         raise ECOSInputError(f"{name} is None; expected a 2-D array of features.")
     if not isinstance(x, np.ndarray):
@@ -39,12 +36,34 @@ def check_features(x, name: str, *, dim: int | None = None, min_rows: int = 1) -
         raise ECOSInputError(f"{name} has dimension {x.shape[1]} but the centroids have dimension {dim}.")
     if not np.issubdtype(x.dtype, np.floating):
         raise ECOSInputError(f"{name} must hold floating-point features, got dtype {x.dtype}.")
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        if not np.isfinite(x[start : start + _CHUNK_ROWS]).all():
-            raise ECOSInputError(f"{name} contains NaN or infinite values.")
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x, dtype=np.float32)
     return x
+
+
+def raise_if_not_finite(block: np.ndarray, name: str) -> None:
+    if not np.isfinite(block).all():
+        raise ECOSInputError(f"{name} contains NaN or infinite values.")
+
+
+def check_features(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """Return `x` as a C-contiguous float32 [N, d] array, or say clearly why it cannot be one.
+
+    A float32 C-contiguous array (the normal case: φ's output) is returned as is,
+    never copied. Any other floating dtype (a float16 memory map, float64) or
+    layout is converted once, chunk by chunk, into one new float32 array, so
+    the only memory added is that float32 array. The finiteness check runs on
+    the same chunks, before anything is kept.
+    """
+    x = check_feature_shape(x, name, dim=dim, min_rows=min_rows)
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
+            raise_if_not_finite(x[start : start + _CHUNK_ROWS], name)
+        return x
+    out = np.empty(x.shape, dtype=np.float32)
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        block = x[start : start + _CHUNK_ROWS]
+        raise_if_not_finite(block, name)
+        out[start : start + _CHUNK_ROWS] = block
+    return out
 
 
 def check_count(value, name: str, *, low: int = 1, high: int | None = None, high_name: str = "") -> int:

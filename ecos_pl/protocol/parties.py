@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from ecos_pl.protocol.compress import PoolClusters, compress
-from ecos_pl.protocol.errors import ECOSInputError, check_epsilon, check_features
-from ecos_pl.protocol.features import normalized
+from ecos_pl.protocol.errors import ECOSInputError, check_epsilon
+from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
@@ -23,7 +23,7 @@ class ECOSClient:
     """Holds the private features; answers a centroids message with coverage scores and nothing else."""
 
     def __init__(self, features: np.ndarray, *, epsilon: float | None = None, seed: int = 0, use_radii: bool = True):
-        self._features = normalized(check_features(features, "client_features"))
+        self._features = unit_rows(features, "client_features")
         self.epsilon = check_epsilon(epsilon)
         self.seed = int(seed)
         self.use_radii = use_radii
@@ -63,7 +63,7 @@ class ECOSCloud:
         temperature: float = 1.0,
         max_points_per_centroid: int = 256,
     ):
-        self.pool_features = normalized(check_features(pool_features, "pool_features"))
+        self.pool_features = unit_rows(pool_features, "pool_features")
         self.n_centroids = n_centroids
         self.seed = seed
         self.niter = niter

@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ecos_pl.protocol.errors import check_count, check_features
+from ecos_pl.protocol.errors import check_count
+from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.parties import ECOSClient, ECOSCloud
 
 
@@ -72,7 +73,7 @@ class ECOSSampler(Sampler):
         self.max_points_per_centroid = max_points_per_centroid
 
     def sample(self, pool_features, client, budget, seed):
-        pool_features = check_features(pool_features, "pool_features")
+        pool_features = unit_rows(pool_features, "pool_features")  # ECOSCloud then takes it as is, no second copy
         budget = self.check_budget(budget, len(pool_features))
         cloud = ECOSCloud(
             pool_features,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ecos_pl.protocol.compress import nearest_centroid
-from ecos_pl.protocol.errors import check_epsilon, check_features
-from ecos_pl.protocol.features import normalized
+from ecos_pl.protocol.errors import check_epsilon
+from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
 from ecos_pl.protocol.privacy import laplace_noise
 
@@ -27,7 +27,7 @@ def coverage_scores(
     which keeps the release ε-DP (post-processing).
     """
     eps = check_epsilon(epsilon)
-    u = normalized(check_features(client_features, "client_features", dim=message.dim))
+    u = unit_rows(client_features, "client_features", dim=message.dim)
     sq_dist, nearest = nearest_centroid(u, message.centroids)
     votes = np.ones(len(u), dtype=bool)
     if use_radii and message.radii is not None:
