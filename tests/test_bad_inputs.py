@@ -23,7 +23,7 @@ def small():
 
 
 @pytest.mark.parametrize("budget", [0, -5, 201, 2.5])
-@pytest.mark.parametrize("sampler", ["ecos", "random"])
+@pytest.mark.parametrize("sampler", ["ecos", "random", "kcenter", "uniform_cluster", "oracle_central"])
 def test_budget_out_of_range(small, sampler, budget):
     pool = small[0]
     with pytest.raises(ECOSInputError, match="budget"):

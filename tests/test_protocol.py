@@ -161,3 +161,33 @@ def test_protocol_core_imports_no_lightning():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_oracle_central_uses_the_uploaded_features(mixture):
+    sel = make_sampler("oracle_central").sample(mixture["pool"], ECOSClient(mixture["client"]), 400, seed=1)
+    assert sel.n_selected == 400 and len(np.unique(sel.indices)) == 400
+    assert in_component(mixture, sel.indices) >= 0.9
+    assert sel.bytes_up == mixture["client"].size * 4  # every client feature crossed: a reference, not a protocol
+
+
+def test_baselines_that_ignore_the_client_stay_near_the_base_rate(mixture):
+    for name in ("kcenter", "uniform_cluster"):
+        sel = make_sampler(name).sample(mixture["pool"], ECOSClient(mixture["client"]), 400, seed=1)
+        assert sel.n_selected == 400 and len(np.unique(sel.indices)) == 400
+        assert sel.bytes_up == 0
+        assert in_component(mixture, sel.indices) < 3 * mixture["base_rate"]
+    # uniform_cluster spreads the budget evenly: no cluster gets more than its fair share plus one
+    sel = make_sampler("uniform_cluster", n_centroids=40).sample(mixture["pool"], ECOSClient(mixture["client"]), 400, seed=1)
+    assert sel.diagnostics["allocation"].max() <= 400 // 40 + 1
+
+
+def test_kcenter_is_spread_out(mixture):
+    kc = make_sampler("kcenter").sample(mixture["pool"], ECOSClient(mixture["client"]), 100, seed=1)
+    rnd = make_sampler("random").sample(mixture["pool"], ECOSClient(mixture["client"]), 100, seed=1)
+    x = mixture["pool"] / np.linalg.norm(mixture["pool"], axis=1, keepdims=True)
+
+    def min_pairwise(idx):
+        d = np.linalg.norm(x[idx][:, None] - x[idx][None], axis=2)
+        return d[np.triu_indices(len(idx), 1)].min()
+
+    assert min_pairwise(kc.indices) > min_pairwise(rnd.indices)

@@ -7,6 +7,7 @@ nothing, `oracle_central` (a privacy-violating reference) all its features.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -14,9 +15,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ecos_pl.protocol.compress import use_gpu_default
 from ecos_pl.protocol.errors import check_count
 from ecos_pl.protocol.features import unit_rows
+from ecos_pl.protocol.messages import ScoresMessage
 from ecos_pl.protocol.parties import ECOSClient, ECOSCloud
+from ecos_pl.protocol.select import kcenter_greedy
 
 
 @dataclass
@@ -72,10 +76,8 @@ class ECOSSampler(Sampler):
         self.niter = niter
         self.max_points_per_centroid = max_points_per_centroid
 
-    def sample(self, pool_features, client, budget, seed):
-        pool_features = unit_rows(pool_features, "pool_features")  # ECOSCloud then takes it as is, no second copy
-        budget = self.check_budget(budget, len(pool_features))
-        cloud = ECOSCloud(
+    def _cloud(self, pool_features, seed) -> ECOSCloud:
+        return ECOSCloud(
             pool_features,
             self.n_centroids,
             seed=seed,
@@ -85,6 +87,11 @@ class ECOSSampler(Sampler):
             temperature=self.temperature,
             max_points_per_centroid=self.max_points_per_centroid,
         )
+
+    def sample(self, pool_features, client, budget, seed):
+        pool_features = unit_rows(pool_features, "pool_features")  # ECOSCloud then takes it as is, no second copy
+        budget = self.check_budget(budget, len(pool_features))
+        cloud = self._cloud(pool_features, seed)
         t0 = time.perf_counter()
         down = cloud.compress()
         t1 = time.perf_counter()
@@ -134,7 +141,99 @@ class FullSampler(Sampler):
         return Selection(indices=np.arange(len(pool_features), dtype=np.int64), sampler=self.name)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (ECOSSampler, RandomSampler, FullSampler)}
+class UniformClusterSampler(ECOSSampler):
+    """ECOS's clustering and in-cluster k-center, with the budget split evenly over all clusters.
+
+    It asks the client nothing: what ECOS gains over it is what the R scores are worth.
+    """
+
+    name = "uniform_cluster"
+
+    def sample(self, pool_features, client, budget, seed):
+        pool_features = unit_rows(pool_features, "pool_features")
+        budget = self.check_budget(budget, len(pool_features))
+        cloud = self._cloud(pool_features, seed)
+        t0 = time.perf_counter()
+        cloud.compress()
+        t1 = time.perf_counter()
+        uniform = ScoresMessage(np.ones(cloud.message.n_centroids, dtype=np.float32))
+        indices = cloud.select(uniform, budget)
+        return Selection(
+            indices=indices,
+            sampler=self.name,
+            timings={"compress": t1 - t0, "select": time.perf_counter() - t1},
+            n_centroids=cloud.message.n_centroids,
+            diagnostics={
+                "allocation": cloud.allocation.copy(),
+                "cluster_sizes": cloud.clusters.sizes.copy(),
+                "assignments": cloud.clusters.assignments.copy(),
+            },
+        )
+
+
+class KCenterSampler(Sampler):
+    """k-center greedy over the whole pool from a seeded random start: diversity, no client information."""
+
+    name = "kcenter"
+
+    def sample(self, pool_features, client, budget, seed):
+        pool_features = unit_rows(pool_features, "pool_features")
+        budget = self.check_budget(budget, len(pool_features))
+        t0 = time.perf_counter()
+        first = int(np.random.default_rng(seed).integers(len(pool_features)))
+        indices = np.sort(kcenter_greedy(pool_features, budget, first))
+        return Selection(indices=indices, sampler=self.name, timings={"select": time.perf_counter() - t0})
+
+
+class OracleCentralSampler(Sampler):
+    """Privacy-violating upper reference: the client uploads all its features.
+
+    Each client sample's nearest pool samples form a candidate set (k grown until
+    it holds at least `oversample` × budget samples (1: just enough; more lets k-center reach outliers), or the whole pool), and
+    k-center greedy inside it picks the budget, started at the pool sample that is
+    most often a client sample's nearest neighbour.
+    """
+
+    name = "oracle_central"
+
+    def __init__(self, oversample: float = 1.0):
+        self.oversample = oversample
+
+    def sample(self, pool_features, client, budget, seed):
+        import faiss
+
+        pool_features = unit_rows(pool_features, "pool_features")
+        n = len(pool_features)
+        budget = self.check_budget(budget, n)
+        uploaded = client.upload_features()
+        t0 = time.perf_counter()
+        index = faiss.IndexFlatL2(pool_features.shape[1])
+        if use_gpu_default():
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(pool_features)
+        want = min(n, math.ceil(self.oversample * budget))
+        k = max(1, math.ceil(want / len(uploaded)))
+        while True:
+            _, neighbours = index.search(uploaded, min(k, n))
+            candidates = np.unique(neighbours)
+            if len(candidates) >= want or k >= n:
+                break
+            k *= 2
+        first = int(np.searchsorted(candidates, np.bincount(neighbours[:, 0], minlength=n).argmax()))
+        local = kcenter_greedy(pool_features[candidates], min(budget, len(candidates)), first)
+        indices = np.sort(candidates[local])
+        return Selection(
+            indices=indices,
+            sampler=self.name,
+            bytes_up=int(uploaded.nbytes),
+            timings={"select": time.perf_counter() - t0},
+        )
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls
+    for cls in (ECOSSampler, RandomSampler, FullSampler, UniformClusterSampler, KCenterSampler, OracleCentralSampler)
+}
 
 
 def make_sampler(name: str, **kwargs) -> Sampler:
