@@ -46,8 +46,8 @@ def mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    if all(float(v).is_integer() and abs(v) >= 10 for v in values):
-        return f"{statistics.mean(values):.0f}"
+    if all(float(v).is_integer() for v in values) and len(set(values)) == 1:
+        return f"{int(values[0])}"  # a count that does not vary (sizes, bytes)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
