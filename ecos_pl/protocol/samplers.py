@@ -95,27 +95,36 @@ class ECOSSampler(Sampler):
         t0 = time.perf_counter()
         down = cloud.compress()
         t1 = time.perf_counter()
-        seconds_before = client.score_seconds
-        up = client.score(down)
+        seconds_before, macs_before = client.score_seconds, client.score_macs
+        up = self._scores(client, down)
         t2 = time.perf_counter()
         indices = cloud.select(up, budget)
         t3 = time.perf_counter()
+        asked = self.asks_client
+        diagnostics = {
+            "allocation": cloud.allocation.copy(),
+            "cluster_sizes": cloud.clusters.sizes.copy(),
+            "assignments": cloud.clusters.assignments.copy(),
+        }
+        if asked:
+            diagnostics["scores"] = up.scores.copy()
         return Selection(
             indices=indices,
             sampler=self.name,
-            bytes_down=down.nbytes,
-            bytes_up=up.nbytes,
+            bytes_down=down.nbytes if asked else 0,
+            bytes_up=up.nbytes if asked else 0,
             timings={"compress": t1 - t0, "score": client.score_seconds - seconds_before, "select": t3 - t2},
-            client_macs=client.score_macs,
+            client_macs=client.score_macs - macs_before,
             n_centroids=down.n_centroids,
             epsilon=up.epsilon,
-            diagnostics={
-                "scores": up.scores.copy(),
-                "allocation": cloud.allocation.copy(),
-                "cluster_sizes": cloud.clusters.sizes.copy(),
-                "assignments": cloud.clusters.assignments.copy(),
-            },
+            diagnostics=diagnostics,
         )
+
+    #: whether the centroids go down and the client's scores come back
+    asks_client: ClassVar[bool] = True
+
+    def _scores(self, client: ECOSClient, message) -> ScoresMessage:
+        return client.score(message)
 
 
 class RandomSampler(Sampler):
@@ -148,27 +157,10 @@ class UniformClusterSampler(ECOSSampler):
     """
 
     name = "uniform_cluster"
+    asks_client = False
 
-    def sample(self, pool_features, client, budget, seed):
-        pool_features = unit_rows(pool_features, "pool_features")
-        budget = self.check_budget(budget, len(pool_features))
-        cloud = self._cloud(pool_features, seed)
-        t0 = time.perf_counter()
-        cloud.compress()
-        t1 = time.perf_counter()
-        uniform = ScoresMessage(np.ones(cloud.message.n_centroids, dtype=np.float32))
-        indices = cloud.select(uniform, budget)
-        return Selection(
-            indices=indices,
-            sampler=self.name,
-            timings={"compress": t1 - t0, "select": time.perf_counter() - t1},
-            n_centroids=cloud.message.n_centroids,
-            diagnostics={
-                "allocation": cloud.allocation.copy(),
-                "cluster_sizes": cloud.clusters.sizes.copy(),
-                "assignments": cloud.clusters.assignments.copy(),
-            },
-        )
+    def _scores(self, client, message):
+        return ScoresMessage(np.ones(message.n_centroids, dtype=np.float32))
 
 
 class KCenterSampler(Sampler):
