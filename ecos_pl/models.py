@@ -28,14 +28,14 @@ def create_timm_model(name: str, *, num_classes: int, pretrained: bool | str = F
     """`timm.create_model`, offline: `pretrained` is False, True (an already-filled cache) or a weights file."""
     if not timm.is_model(name):
         raise ValueError(f"model name {name!r} is not a timm model (see timm.list_models()).")
-    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained) not in ("", "True", "False"):
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained={str(path)!r} does not exist; give a local weights file or pretrained=false.")
         return timm.create_model(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}, **kwargs
         )
-    if pretrained in (True, "True"):
+    if pretrained is True:
         try:
             return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as err:  # noqa: BLE001 - offline hub failures come in many types

@@ -191,3 +191,12 @@ def test_kcenter_is_spread_out(mixture):
         return d[np.triu_indices(len(idx), 1)].min()
 
     assert min_pairwise(kc.indices) > min_pairwise(rnd.indices)
+
+
+def test_laplace_releases_compose():
+    from ecos_pl.protocol import laplace_epsilon
+
+    assert laplace_epsilon([1.0, 0.5]) == 1.5  # pure ε-DP adds up
+    assert laplace_epsilon([None]) == 0.0  # exact counts spend nothing
+    approx = laplace_epsilon([1.0] * 10, delta=1e-5)  # PLD accounting at δ > 0 is no worse than the sum
+    assert 0.0 < approx <= 10.0

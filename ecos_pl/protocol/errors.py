@@ -15,7 +15,8 @@ class ECOSInputError(ValueError):
     """A bad input to the ECOS protocol; the message names the parameter."""
 
 
-_CHUNK_ROWS = 65536
+#: rows per chunk when a pass over a (possibly memory-mapped) feature matrix must not materialise it
+CHUNK_ROWS = 65536
 
 
 def check_feature_shape(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
@@ -55,14 +56,14 @@ def check_features(x, name: str, *, dim: int | None = None, min_rows: int = 1) -
     """
     x = check_feature_shape(x, name, dim=dim, min_rows=min_rows)
     if x.dtype == np.float32 and x.flags.c_contiguous:
-        for start in range(0, x.shape[0], _CHUNK_ROWS):
-            raise_if_not_finite(x[start : start + _CHUNK_ROWS], name)
+        for start in range(0, x.shape[0], CHUNK_ROWS):
+            raise_if_not_finite(x[start : start + CHUNK_ROWS], name)
         return x
     out = np.empty(x.shape, dtype=np.float32)
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        block = x[start : start + _CHUNK_ROWS]
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        block = x[start : start + CHUNK_ROWS]
         raise_if_not_finite(block, name)
-        out[start : start + _CHUNK_ROWS] = block
+        out[start : start + CHUNK_ROWS] = block
     return out
 
 

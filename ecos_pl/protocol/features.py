@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecos_pl.protocol.errors import check_feature_shape, check_features, raise_if_not_finite
-
-_CHUNK_ROWS = 65536
+from ecos_pl.protocol.errors import CHUNK_ROWS, check_feature_shape, check_features, raise_if_not_finite
 
 
 def l2_normalize(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Unit-norm rows (zero rows stay zero). ECOS compares features by direction, not magnitude."""
     out = x if inplace else np.array(x, dtype=np.float32, copy=True)
-    for start in range(0, out.shape[0], _CHUNK_ROWS):
-        block = out[start : start + _CHUNK_ROWS]
+    for start in range(0, out.shape[0], CHUNK_ROWS):
+        block = out[start : start + CHUNK_ROWS]
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         np.divide(block, np.maximum(norms, 1e-12), out=block)
     return out
@@ -38,19 +36,14 @@ def _all_unit(sq_norms: np.ndarray, atol: float) -> bool:
 
 
 def is_l2_normalized(x: np.ndarray, atol: float = 1e-3) -> bool:
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        if not _all_unit(_row_sq_norms(x[start : start + _CHUNK_ROWS]), atol):
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        if not _all_unit(_row_sq_norms(x[start : start + CHUNK_ROWS]), atol):
             return False
     return True
 
 
-def normalized(x: np.ndarray) -> np.ndarray:
-    """`x` itself when its rows are already unit-norm, else a normalised copy."""
-    return x if is_l2_normalized(x) else l2_normalize(x)
-
-
 def unit_rows(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    """`normalized(check_features(x, name, ...))` with one pass over a float32 pool and at most one copy.
+    """`check_features` then L2 normalisation, with one pass over a float32 pool and at most one copy.
 
     For a float32 C-contiguous input the finiteness check and the norm check share
     one pass (a row holding NaN or ±inf has a non-finite squared norm), and the
@@ -61,8 +54,8 @@ def unit_rows(x, name: str, *, dim: int | None = None, min_rows: int = 1) -> np.
     x = check_feature_shape(x, name, dim=dim, min_rows=min_rows)
     if x.dtype == np.float32 and x.flags.c_contiguous:
         unit = True
-        for start in range(0, x.shape[0], _CHUNK_ROWS):
-            block = x[start : start + _CHUNK_ROWS]
+        for start in range(0, x.shape[0], CHUNK_ROWS):
+            block = x[start : start + CHUNK_ROWS]
             sq = _row_sq_norms(block)
             if not np.isfinite(sq).all():
                 raise_if_not_finite(block, name)  # else a finite row whose square overflowed float32

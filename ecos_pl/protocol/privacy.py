@@ -15,16 +15,15 @@ def laplace_noise(shape, epsilon: float, rng: np.random.Generator, sensitivity: 
 
 def laplace_epsilon(epsilons: list[float], delta: float = 0.0) -> float:
     """Total ε of several Laplace releases (sensitivity 1, scale 1/ε_i), composed with a PLD accountant."""
-    import dp_accounting
-    from dp_accounting.pld import pld_privacy_accountant
-
     eps_list = [check_epsilon(e) for e in epsilons if e is not None]
     if not eps_list:
         return 0.0
+    if delta == 0.0:
+        return float(sum(eps_list))  # pure DP: Laplace releases compose additively
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
     accountant = pld_privacy_accountant.PLDAccountant()
     for eps in eps_list:
         accountant.compose(dp_accounting.LaplaceDpEvent(noise_multiplier=1.0 / eps))
-    if delta == 0.0:
-        # pure DP: Laplace releases compose additively; the PLD bound at δ=0 is that sum.
-        return float(sum(eps_list))
     return float(accountant.get_epsilon(delta))
