@@ -1,4 +1,8 @@
-"""The only two things that cross between client and cloud, as small typed, self-describing messages.
+"""Everything that crosses between client and cloud, as small typed, self-describing messages.
+
+The protocol itself is two messages (centroids down, scores up). The
+`pseudo_label` scenario adds one more round: the proxy set's features down and
+one label per proxy sample up.
 
 Wire format (little endian): a fixed header (magic, schema version, kind, flags,
 R, d, epsilon), the payload, and a CRC32 of everything before it. `nbytes` is
@@ -20,6 +24,8 @@ MAGIC = b"ECOS"
 SCHEMA_VERSION = 1
 _KIND_CENTROIDS = 1
 _KIND_SCORES = 2
+_KIND_PROXY_FEATURES = 3
+_KIND_LABELS = 4
 _FLAG_RADII = 1
 _FLAG_EPSILON = 2
 # magic, version u16, kind u8, flags u8, R u32, d u32, epsilon f64
@@ -135,3 +141,82 @@ class ScoresMessage:
             raise ECOSInputError(f"scores message says R={r} but carries {len(payload)} payload bytes, not {4 * r}.")
         epsilon = float(eps) if flags & _FLAG_EPSILON else None
         return cls(np.frombuffer(payload, dtype="<f4").copy(), epsilon)
+
+
+@dataclass(frozen=True, eq=False)
+class ProxyFeaturesMessage:
+    """Cloud to client (`pseudo_label` only): φ of the B proxy samples, to be labelled by the client."""
+
+    features: np.ndarray  # float32 [B, d]
+
+    def __post_init__(self) -> None:
+        f = np.ascontiguousarray(self.features, dtype=np.float32)
+        if f.ndim != 2 or f.shape[0] < 1 or f.shape[1] < 1:
+            raise ECOSInputError(f"proxy features must be a non-empty [B, d] array, got shape {f.shape}.")
+        if not np.isfinite(f).all():
+            raise ECOSInputError("proxy features contain NaN or infinite values.")
+        object.__setattr__(self, "features", f)
+
+    @property
+    def n_samples(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + 4 * self.features.size
+
+    def to_bytes(self) -> bytes:
+        return _pack(_KIND_PROXY_FEATURES, 0, self.n_samples, self.dim, math.nan, self.features.tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ProxyFeaturesMessage":
+        _, b, d, _, payload = _unpack(data, _KIND_PROXY_FEATURES, "proxy features")
+        if b < 1 or d < 1 or len(payload) != 4 * b * d:
+            raise ECOSInputError(f"proxy features message says B={b}, d={d} but carries {len(payload)} payload bytes, not {4 * b * d}.")
+        return cls(np.frombuffer(payload, dtype="<f4").reshape(b, d).copy())
+
+
+@dataclass(frozen=True, eq=False)
+class LabelsMessage:
+    """Client to cloud (`pseudo_label` only): one class per proxy sample, `-1` where the client abstained.
+
+    Labels travel as int16 (two bytes each); `sigma` is the Gaussian noise the
+    client added to its vote histograms (None: no noise), kept for the cloud's accounting.
+    """
+
+    labels: np.ndarray  # int16 [B], -1 = dropped
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        lab = np.asarray(self.labels)
+        if lab.ndim != 1 or lab.shape[0] < 1:
+            raise ECOSInputError(f"labels must be a non-empty 1-D array, got shape {lab.shape}.")
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise ECOSInputError(f"labels must be integers, got dtype {lab.dtype}.")
+        if (lab < -1).any() or (lab > np.iinfo(np.int16).max).any():
+            raise ECOSInputError("labels must be class indices >= 0, or -1 for a dropped sample.")
+        object.__setattr__(self, "labels", lab.astype(np.int16))
+
+    @property
+    def n_samples(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + 2 * self.n_samples
+
+    def to_bytes(self) -> bytes:
+        sigma = math.nan if self.sigma is None else float(self.sigma)
+        flags = _FLAG_EPSILON if self.sigma is not None else 0
+        return _pack(_KIND_LABELS, flags, self.n_samples, 1, sigma, self.labels.astype("<i2").tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LabelsMessage":
+        flags, b, d, sigma, payload = _unpack(data, _KIND_LABELS, "labels")
+        if b < 1 or d != 1 or len(payload) != 2 * b:
+            raise ECOSInputError(f"labels message says B={b} but carries {len(payload)} payload bytes, not {2 * b}.")
+        return cls(np.frombuffer(payload, dtype="<i2").copy(), float(sigma) if flags & _FLAG_EPSILON else None)
