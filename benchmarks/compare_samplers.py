@@ -11,6 +11,7 @@ JSON (kept, so an interrupted comparison resumes where it stopped); the table
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import subprocess
@@ -25,8 +26,16 @@ sys.path.insert(0, str(ROOT))
 
 from ecos_pl.experiment import write_json_atomic  # noqa: E402
 
-DEFAULTS = {"seeds": [1, 2, 3], "samplers": ["ecos", "random", "full"], "out": "benchmarks/results"}
-COLUMNS = ["client_test_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "bytes_up", "bytes_down"]
+DEFAULTS = {
+    "seeds": [1, 2, 3],
+    "samplers": ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "client_data"],
+    "out": "benchmarks/results",
+}
+#: columns of the table; one that no run reports (e.g. labels_bought outside label_outsourcing) is left out
+COLUMNS = [
+    "client_test_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "n_trained", "bytes_up", "bytes_down",
+    "labels_bought", "pseudo_label_acc", "labels_dropped", "label_bytes_down", "label_bytes_up", "exchange_epsilon",
+]
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -53,9 +62,10 @@ def mean_std(values: list) -> str:
 
 
 def markdown(rows: dict[str, list[dict]], title: str) -> str:
-    lines = [f"### {title}", "", "| sampler | " + " | ".join(COLUMNS) + " | train s |", "|---" * (len(COLUMNS) + 2) + "|"]
+    columns = [c for c in COLUMNS if any(r.get(c) is not None for runs in rows.values() for r in runs)]
+    lines = [f"### {title}", "", "| sampler | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
     for sampler, runs in rows.items():
-        cells = [mean_std([r.get(c) for r in runs]) for c in COLUMNS]
+        cells = [mean_std([r.get(c) for r in runs]) for c in columns]
         cells.append(mean_std([r["timings"]["train"] for r in runs]))
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -66,7 +76,10 @@ def main(argv: list[str]) -> int:
     scenario = next((o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")), "compression")
     data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
     out_dir = (ROOT / opts["out"]).resolve()
-    runs_dir = out_dir / "runs" / f"{scenario}-{data}"
+    extra = sorted(o for o in overrides if not o.startswith(("scenario=", "data=")))
+    # runs with other overrides never share (and never reuse) each other's results
+    tag = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
     rows: dict[str, list[dict]] = {}
     for sampler in opts["samplers"]:
         for seed in opts["seeds"]:
@@ -84,7 +97,7 @@ def main(argv: list[str]) -> int:
     title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f" ({' '.join(overrides)})" if overrides else "")
     table = markdown(rows, title)
     print(table)
-    stem = out_dir / f"compare_samplers-{scenario}-{data}"
+    stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
     md_tmp = stem.with_suffix(".md.tmp")
     md_tmp.write_text(table)
     md_tmp.replace(stem.with_suffix(".md"))

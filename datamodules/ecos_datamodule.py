@@ -16,23 +16,26 @@ from ecos_pl.data.base import DomainSplit, ECOSData
 from ecos_pl.phi import FeatureExtractor, images_to_tensor
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
 from ecos_pl.protocol.store import load_selection, sampler_spec, save_selection, selection_key
+from ecos_pl.scenarios.labels import LabelRequest, ProxyLabels
 
 log = logging.getLogger(__name__)
 
 
 class ImageArrayDataset(Dataset):
-    """Items are dicts: `image` float [3, H, W] in [0, 1], `label`, `index` (position in the split)."""
+    """Items are dicts: `image` float [3, H, W] in [0, 1], `label` (ground truth), `target` (what training
+    may use: the label unless a scenario assigned others), `domain`, `index` (position in the split)."""
 
-    def __init__(self, split: DomainSplit, labels: np.ndarray | None = None):
+    def __init__(self, split: DomainSplit, targets: np.ndarray | None = None):
         self.images = images_to_tensor(split.images)
-        self.labels = torch.as_tensor(split.labels if labels is None else labels, dtype=torch.long)
+        self.labels = torch.as_tensor(split.labels, dtype=torch.long)
+        self.targets = self.labels if targets is None else torch.as_tensor(targets, dtype=torch.long)
         self.domains = torch.as_tensor(split.domains, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": self.labels[i], "domain": self.domains[i], "index": i}
+        return {"image": self.images[i], "label": self.labels[i], "target": self.targets[i], "domain": self.domains[i], "index": i}
 
 
 class ECOSDataModule(pl.LightningDataModule):
@@ -40,7 +43,9 @@ class ECOSDataModule(pl.LightningDataModule):
 
     `source` builds the data (pool, client train, client test); `phi` is the shared
     feature extractor; `sampler` chooses at most `budget` pool samples given the
-    client; `report` holds what it cost.
+    client; `report` holds what it cost. `proxy_labels` (scenarios that train on
+    labels) assigns the proxy set's targets after the selection; samples it leaves
+    without a label (-1) are not trained on.
 
     DDP-safe: `setup()` runs on every rank after the process group exists. Rank zero
     runs the protocol and writes the selection to `cache_dir/selections/<key>.npz`,
@@ -62,6 +67,7 @@ class ECOSDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         reuse_selection: bool = True,
+        proxy_labels: ProxyLabels | None = None,
     ):
         super().__init__()
         self.source = source
@@ -75,6 +81,8 @@ class ECOSDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.reuse_selection = reuse_selection
+        self.proxy_labels = proxy_labels
+        self.proxy_targets: np.ndarray | None = None
         self.data: ECOSData | None = None
         self._pool_features: np.ndarray | None = None
         self.selection: Selection | None = None
@@ -134,8 +142,10 @@ class ECOSDataModule(pl.LightningDataModule):
         if path is not None and (reused or not is_zero):
             selection, extra = load_selection(path)
         self.selection = sel = selection
-        self.proxy = data.pool.subset(sel.indices)
+        self.proxy = data.client_train if self.sampler.trains_on_client else data.pool.subset(sel.indices)
         self.report = self._report(data, sel, **extra)
+        self.proxy_targets, label_report = self._assign_targets(data, sel)
+        self.report.update(label_report)
         self.report["selection_artifact"] = None if path is None else str(path)
         self.report["selection_reused"] = bool(reused)
         self.report["proxy_set_sha1_per_rank"] = self._check_same_proxy_set(trainer, world)
@@ -156,9 +166,42 @@ class ECOSDataModule(pl.LightningDataModule):
         selection = self.sampler.sample(pool_features, client, budget, self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
+    def _assign_targets(self, data: ECOSData, sel: Selection) -> tuple[np.ndarray | None, dict]:
+        """The proxy set's training targets (None: the scenario uses no labels); deterministic on every rank."""
+        if self.proxy_labels is None:
+            return None, {}
+        if self.sampler.trains_on_client:  # the client-data reference trains on the client's own labels
+            targets, report = np.asarray(self.proxy.labels, dtype=np.int64), {}
+        else:
+            targets, report = self.proxy_labels.assign(self._label_request(data, sel))
+        report["n_trained"] = int((targets >= 0).sum())
+        report["proxy_targets_sha1"] = hashlib.sha1(np.ascontiguousarray(targets, dtype=np.int64).tobytes()).hexdigest()
+        return targets, report
+
+    def _label_request(self, data: ECOSData, sel: Selection) -> LabelRequest:
+        return LabelRequest(
+            proxy=self.proxy,
+            proxy_features=lambda: self.pool_features[sel.indices],
+            client_features=lambda: self.phi.transform(data.client_train.images),
+            client_labels=data.client_train.labels,
+            num_classes=data.num_classes,
+            seed=self.seed,
+            # what the selection already released about the client: nothing, Laplace scores (ε), or exact values (None)
+            score_epsilons=[] if sel.bytes_up == 0 else [sel.epsilon],
+        )
+
+    def _training_split(self) -> tuple[DomainSplit, np.ndarray | None]:
+        """The proxy set without the samples left unlabelled (target -1)."""
+        if self.proxy_targets is None:
+            return self.proxy, None
+        keep = np.flatnonzero(self.proxy_targets >= 0)
+        return self.proxy.subset(keep), self.proxy_targets[keep]
+
     def _check_same_proxy_set(self, trainer, world: int) -> list[str]:
         """Every rank's proxy-set hash; a mismatch stops the run instead of training on different data."""
         digest = self.report["proxy_set_sha1"]
+        if self.proxy_targets is not None:  # the ranks must also agree on the targets
+            digest = hashlib.sha1((digest + self.report["proxy_targets_sha1"]).encode()).hexdigest()
         if world <= 1:
             return [digest]
         local = torch.tensor([int(digest[i : i + 8], 16) for i in range(0, 40, 8)], dtype=torch.int64)
@@ -169,14 +212,14 @@ class ECOSDataModule(pl.LightningDataModule):
         return digests
 
     def _report(self, data: ECOSData, sel: Selection, *, cloud_features_s: float = 0.0, client_features_s: float = 0.0) -> dict:
-        domains = data.pool.domains[sel.indices]
+        domains = self.proxy.domains
         composition = {name: int((domains == i).sum()) for i, name in enumerate(data.domain_names)}
-        in_domain = float(np.mean(domains == data.client_domain_index)) if sel.n_selected else None
+        in_domain = float(np.mean(domains == data.client_domain_index)) if len(domains) else None
         return {
             "n_pool": len(data.pool),
             "n_client_train": len(data.client_train),
             "n_client_test": len(data.client_test),
-            "n_selected": sel.n_selected,
+            "n_selected": len(self.proxy),
             "proxy_set_sha1": hashlib.sha1(np.ascontiguousarray(sel.indices, dtype=np.int64).tobytes()).hexdigest(),
             "n_centroids": sel.n_centroids,
             "in_domain_fraction": in_domain,
@@ -208,7 +251,7 @@ class ECOSDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(ImageArrayDataset(self.proxy), train=True)
+        return self._loader(ImageArrayDataset(*self._training_split()), train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(ImageArrayDataset(self.data.client_test), train=False)

@@ -50,6 +50,23 @@ def make_trainer_factory(cfg: DictConfig):
     return make_trainer
 
 
+def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
+    """Optimizer steps when `scenario.train_length=budget`: `epochs` passes over a budget-sized set, for every sampler.
+
+    Comparing samplers at equal epochs gives `full` (the whole pool) about |Q|/B
+    times the optimizer steps of a proxy set; at equal steps every sampler gets
+    the same training compute and differs only in what it trains on.
+    None (`train_length=epochs`) keeps `trainer.max_epochs` over each sampler's own set.
+    """
+    mode = cfg.scenario.get("train_length", "epochs")
+    if mode not in ("budget", "epochs"):
+        raise ValueError(f"scenario.train_length must be 'budget' or 'epochs', got {mode!r}.")
+    if mode == "epochs":
+        return None
+    batches = math.ceil(int(cfg.budget) / (int(cfg.datamodule.batch_size) * max(1, world_size)))
+    return int(cfg.scenario.epochs) * batches
+
+
 def run_experiment(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.datamodule)
@@ -61,6 +78,10 @@ def run_experiment(cfg: DictConfig) -> dict:
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    steps = training_steps(cfg, trainer.world_size)
+    if steps is not None:  # equal compute for every sampler, whatever the size of its training set
+        trainer.fit_loop.max_epochs = -1
+        trainer.fit_loop.epoch_loop.max_steps = steps
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -84,6 +105,9 @@ def run_experiment(cfg: DictConfig) -> dict:
         "bytes_up": report["bytes_up"],
         "epsilon": report["epsilon"],
         "timings": {**report["timings"], "train": train_seconds},
+        "train_steps": int(trainer.global_step),
+        "n_trained": report.get("n_trained", report["n_selected"]),
+        **{k: _finite_or_none(report[k]) for k in LABEL_KEYS if k in report},
         "client_score_macs": report["client_score_macs"],
         "pool_in_domain_fraction": report["pool_in_domain_fraction"],
         "composition_by_domain": report["composition_by_domain"],
@@ -103,6 +127,18 @@ def run_experiment(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=False))
         logger.log_metrics({f"result/{k}": v for k, v in _flat_numbers(results).items()})
     return results
+
+
+#: what a scenario's labels add to the results (pseudo_label: the client's extra round; label_outsourcing: the annotators)
+LABEL_KEYS = (
+    "labels_bought", "labels_none", "pseudo_label_acc", "pseudo_label_out_of_class", "labels_dropped", "label_bytes_down",
+    "label_bytes_up", "label_seconds", "label_k", "label_sigma", "label_delta", "label_epsilon", "exchange_epsilon",
+)
+
+
+def _finite_or_none(v):
+    """JSON has no infinity: an unbounded ε (a release without noise) is written as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _flat_numbers(d: dict, prefix: str = "") -> dict:
@@ -154,6 +190,16 @@ def results_table(results: dict):
         ("client scoring multiply-adds", results["client_score_macs"]),
         ("epsilon", results["epsilon"]),
     ]
+    rows += [(name, results[key]) for key, name in (
+        ("labels_bought", "labels bought (annotators)"),
+        ("labels_none", "labels \"none\" (dropped)"),
+        ("pseudo_label_acc", "pseudo-label accuracy (vs pool truth)"),
+        ("labels_dropped", "pseudo-labels dropped (under threshold)"),
+        ("label_bytes_down", "label round bytes down"),
+        ("label_bytes_up", "label round bytes up"),
+        ("exchange_epsilon", "ε of the whole exchange (at label_delta)"),
+    ) if key in results]
+    rows += [("training samples / optimizer steps", f"{results['n_trained']} / {results['train_steps']}")]
     rows += [(f"time: {k} (s)", float(v)) for k, v in results["timings"].items()]
     for name, value in rows:
         table.add_row(name, fmt(value))

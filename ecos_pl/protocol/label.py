@@ -91,8 +91,8 @@ def label_epsilon(sigma: float | None, n_queries: int, delta: float, score_epsil
 class PseudoLabeller:
     """The client's side of the extra round: proxy features in, one (noisy) label per proxy sample out."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 50,
-                 sigma: float | None = 16.0, threshold: float | None = 0.5, seed: int = 0):
+    def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
+                 sigma: float | None = 2.0, threshold: float | None = 0.5, seed: int = 0):
         self._features = unit_rows(features, "client_features")
         self._labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(num_classes)

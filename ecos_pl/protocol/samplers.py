@@ -46,6 +46,8 @@ class Selection:
 class Sampler(ABC):
     name: ClassVar[str]
     uses_budget: ClassVar[bool] = True
+    #: the client-data reference: training uses the client's own labelled split instead of any pool sample
+    trains_on_client: ClassVar[bool] = False
 
     @abstractmethod
     def sample(self, pool_features: np.ndarray, client: ECOSClient, budget: int | None, seed: int) -> Selection:
@@ -222,9 +224,26 @@ class OracleCentralSampler(Sampler):
         )
 
 
+class ClientDataReference(Sampler):
+    """Upper reference (ECOS.md's client-data oracle): no pool sample; training uses the client's labelled split.
+
+    Only meaningful inside a simulation, where the cloud can be handed the client's data.
+    """
+
+    name = "client_data"
+    uses_budget = False
+    trains_on_client = True
+
+    def sample(self, pool_features, client, budget, seed):
+        return Selection(indices=np.zeros(0, dtype=np.int64), sampler=self.name)
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (ECOSSampler, RandomSampler, FullSampler, UniformClusterSampler, KCenterSampler, OracleCentralSampler)
+    for cls in (
+        ECOSSampler, RandomSampler, FullSampler, UniformClusterSampler, KCenterSampler, OracleCentralSampler,
+        ClientDataReference,
+    )
 }
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ecos_pl.scenarios.base import ProxyTrainingModule, SupervisedModule
 from ecos_pl.scenarios.compression import DistillationModule, build_compression
+from ecos_pl.scenarios.labelled import build_labelled
 
-SCENARIOS = {"compression": build_compression}
+#: scenario name -> builder; the labelled two share one builder and differ only in `scenario.labels`
+SCENARIOS = {"compression": build_compression, "pseudo_label": build_labelled, "label_outsourcing": build_labelled}
 
 
 def build_module(cfg, datamodule, make_trainer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,12 @@ class ProxyTrainingModule(pl.LightningModule):
     def training_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def on_train_start(self) -> None:
+        # under a step budget (max_epochs=-1) show the real number of epochs in the progress bar
+        loop = self.trainer.fit_loop
+        if loop.max_epochs == -1 and loop.max_steps > 0 and self.trainer.num_training_batches:
+            loop.max_epochs = math.ceil(loop.max_steps / self.trainer.num_training_batches)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = pad_and_crop(batch["image"], self.hparams.augment_pad)
         loss = self.training_loss(self(x), {**batch, "image": x})
@@ -90,7 +98,12 @@ class ProxyTrainingModule(pl.LightningModule):
 
 
 class SupervisedModule(ProxyTrainingModule):
-    """Cross-entropy on the batch's labels (teacher training, and the labelled-proxy scenarios)."""
+    """Cross-entropy on the batch's targets: the teacher, and the scenarios whose proxy set gets labels.
+
+    `target` is what the scenario assigned (the client's noisy k-NN votes, the
+    annotators' labels, or the ground truth where the data owner trains); the
+    pool's ground truth (`label`) is never read here.
+    """
 
     def training_loss(self, logits, batch):
-        return F.cross_entropy(logits, batch["label"])
+        return F.cross_entropy(logits, batch["target"])

@@ -1,0 +1,24 @@
+"""Scenarios `pseudo_label` and `label_outsourcing`: a classifier trained with cross-entropy on the labelled proxy set.
+
+They are one module (`SupervisedModule`) and differ only in where the labels come
+from (`scenario.labels`, assigned by the data module right after the selection):
+the client's noisy k-NN votes or the annotators.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecos_pl.scenarios.base import SupervisedModule
+
+
+def build_labelled(cfg, datamodule, make_trainer):
+    """The classifier (cfg.backbone.student, the model the client needs) trained on the proxy set's targets."""
+    num_classes = datamodule.data.num_classes
+    with torch.random.fork_rng(devices=[]):  # the init depends on the seed alone
+        torch.manual_seed(cfg.seed)
+        module = SupervisedModule(
+            arch=cfg.backbone.student, num_classes=num_classes, lr=cfg.scenario.lr,
+            pretrained=cfg.backbone.get("pretrained", False),
+        )
+    return module, {"teacher_test_acc": None}
