@@ -28,10 +28,10 @@ REQUIRED = {
 }
 
 
-def run_train(tmp_path, *overrides, callbacks="none"):
+def run_train(tmp_path, *overrides, callbacks="none", tiny=TINY):
     out = tmp_path / "run"
     results = tmp_path / "results.json"
-    cmd = [sys.executable, "train.py", *TINY, f"hydra.run.dir={out}", f"results_file={results}", f"callbacks={callbacks}", *overrides]
+    cmd = [sys.executable, "train.py", *tiny, f"hydra.run.dir={out}", f"results_file={results}", f"callbacks={callbacks}", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(results.read_text()), proc

@@ -1,0 +1,181 @@
+"""The labelled scenarios: the client's k-NN noisy max, the annotators, their privacy accounting, and end-to-end runs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ecos_pl.data.base import NONE_LABEL, DomainSplit
+from ecos_pl.protocol.errors import ECOSInputError
+from ecos_pl.protocol.label import PseudoLabeller, knn_votes, label_epsilon, noisy_argmax
+from ecos_pl.protocol.messages import HEADER_BYTES, LabelsMessage, ProxyFeaturesMessage
+from ecos_pl.protocol.privacy import laplace_epsilon
+from ecos_pl.scenarios.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
+from test_train import TINY, run_train
+
+
+def two_blobs(n=200, d=8, seed=0):
+    """Two well separated classes; queries drawn from the same two blobs."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((2, d))
+    centres[0, 0], centres[1, 1] = 5.0, 5.0
+    labels = rng.integers(0, 2, n)
+    feats = centres[labels] + rng.normal(size=(n, d))
+    q_labels = rng.integers(0, 2, 50)
+    queries = centres[q_labels] + rng.normal(size=(50, d))
+    return feats, labels, queries, q_labels
+
+
+def test_knn_votes_count_k_neighbours_and_find_the_class():
+    feats, labels, queries, q_labels = two_blobs()
+    votes = knn_votes(feats, labels, queries, k=7, num_classes=3)
+    assert votes.shape == (50, 3)
+    np.testing.assert_array_equal(votes.sum(axis=1), 7)
+    assert (votes[:, 2] == 0).all()  # no client sample has class 2
+    assert np.mean(votes.argmax(1) == q_labels) > 0.95
+
+
+def test_noisy_argmax_exact_without_noise_and_threshold_abstains():
+    votes = np.array([[9.0, 1.0], [5.0, 5.0], [2.0, 8.0]])
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(noisy_argmax(votes, None, None, 10, rng), [0, 0, 1])
+    np.testing.assert_array_equal(noisy_argmax(votes, 0.0, 0.6, 10, rng), [0, -1, 1])
+    # heavy noise changes answers: the noise is really added
+    noisy = np.stack([noisy_argmax(votes, 50.0, None, 10, np.random.default_rng(s)) for s in range(50)])
+    assert (noisy[:, 0] == 1).any()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sigma": -1.0}, "sigma"), ({"sigma": math.nan}, "sigma"), ({"threshold": 1.5}, "threshold"),
+])
+def test_noisy_argmax_bad_inputs(kwargs, match):
+    args = {"sigma": 1.0, "threshold": None, **kwargs}
+    with pytest.raises(ECOSInputError, match=match):
+        noisy_argmax(np.ones((2, 2)), args["sigma"], args["threshold"], 2, np.random.default_rng(0))
+
+
+def test_knn_votes_bad_inputs_name_the_parameter():
+    feats, labels, queries, _ = two_blobs()
+    with pytest.raises(ECOSInputError, match="dimension"):
+        knn_votes(feats, labels, queries[:, :4], 5, 2)
+    with pytest.raises(ECOSInputError, match="k=201 is larger"):
+        knn_votes(feats, labels, queries, len(feats) + 1, 2)
+    with pytest.raises(ECOSInputError, match="client_labels"):
+        knn_votes(feats, labels[:-1], queries, 5, 2)
+    with pytest.raises(ECOSInputError, match="proxy_features"):
+        knn_votes(feats, labels, np.full_like(queries, np.nan), 5, 2)
+
+
+def test_label_epsilon_is_accounted_not_hand_summed():
+    eps = label_epsilon(8.0, 400, 1e-5)
+    assert 0 < eps < math.inf
+    assert label_epsilon(16.0, 400, 1e-5) < eps  # more noise, less privacy spent
+    assert label_epsilon(8.0, 100, 1e-5) < eps  # fewer answers, less privacy spent
+    with_scores = label_epsilon(8.0, 400, 1e-5, [1.0])
+    assert eps < with_scores < eps + laplace_epsilon([1.0])  # composition is tighter than the sum
+    assert label_epsilon(None, 400, 1e-5) == math.inf  # exact votes are not private
+    assert label_epsilon(8.0, 400, 1e-5, [None]) == math.inf  # exact scores were already released
+    with pytest.raises(ECOSInputError, match="delta"):
+        label_epsilon(8.0, 10, 0.0)
+
+
+def test_label_round_messages_carry_one_label_per_proxy_sample_and_nothing_else():
+    feats, labels, queries, q_labels = two_blobs()
+    down = ProxyFeaturesMessage(queries)
+    assert down.nbytes == len(down.to_bytes()) == HEADER_BYTES + 4 * queries.size
+    up = PseudoLabeller(feats, labels, 2, k=7, sigma=None, threshold=None, seed=1).label(down)
+    assert up.nbytes == len(up.to_bytes()) == HEADER_BYTES + 2 * len(queries)
+    back = LabelsMessage.from_bytes(up.to_bytes())
+    np.testing.assert_array_equal(back.labels, up.labels)
+    assert np.mean(back.labels == q_labels) > 0.95
+    np.testing.assert_array_equal(ProxyFeaturesMessage.from_bytes(down.to_bytes()).features, down.features)
+    with pytest.raises(ECOSInputError, match="labels"):
+        LabelsMessage(np.array([0, -2]))
+
+
+def test_pseudo_labeller_same_seed_same_labels():
+    feats, labels, queries, _ = two_blobs()
+    a = PseudoLabeller(feats, labels, 2, k=7, sigma=3.0, seed=4).label(ProxyFeaturesMessage(queries))
+    b = PseudoLabeller(feats, labels, 2, k=7, sigma=3.0, seed=4).label(ProxyFeaturesMessage(queries))
+    c = PseudoLabeller(feats, labels, 2, k=7, sigma=3.0, seed=5).label(ProxyFeaturesMessage(queries))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+def _request(proxy_labels, feats=None, labels=None, queries=None):
+    n = len(proxy_labels)
+    proxy = DomainSplit(np.zeros((n, 4, 4, 3), np.uint8), np.asarray(proxy_labels), np.zeros(n, np.int64))
+    return LabelRequest(
+        proxy=proxy, proxy_features=lambda: queries, client_features=lambda: feats,
+        client_labels=labels, num_classes=2, seed=0, score_epsilons=[],
+    )
+
+
+def test_annotators_drop_none_and_count_every_label_bought():
+    targets, report = AnnotatorLabels().assign(_request([0, 1, NONE_LABEL, 1, NONE_LABEL]))
+    np.testing.assert_array_equal(targets, [0, 1, -1, 1, -1])
+    assert report == {"labels_bought": 5, "labels_none": 2}
+
+
+def test_client_knn_labels_report_accuracy_drops_bytes_and_epsilon():
+    feats, labels, queries, q_labels = two_blobs()
+    targets, report = ClientKNNLabels(k=7, sigma=1.0, threshold=0.5).assign(_request(q_labels, feats, labels, queries))
+    assert report["pseudo_label_acc"] > 0.9
+    assert report["labels_dropped"] == int((targets < 0).sum())
+    assert report["label_bytes_down"] == HEADER_BYTES + 4 * queries.size
+    assert report["label_bytes_up"] == HEADER_BYTES + 2 * len(queries)
+    assert 0 < report["label_epsilon"] == report["exchange_epsilon"] < math.inf
+
+
+# ------------------------------------------------------------------ end to end (tiny config)
+
+#: the tiny config without the teacher (the labelled scenarios have none)
+LABELLED = [o for o in TINY if not o.startswith("scenario.teacher")]
+
+
+def test_label_outsourcing_end_to_end(tmp_path):
+    res, _ = run_train(tmp_path, "scenario=label_outsourcing", "sampler=ecos", tiny=LABELLED)
+    assert res["scenario"] == "label_outsourcing" and res["teacher_test_acc"] is None
+    assert res["labels_bought"] == res["n_selected"] == 120
+    # "none" answers are dropped: the crops in the proxy set are not trained on
+    assert res["n_trained"] == res["labels_bought"] - res["labels_none"]
+    assert res["n_trained"] == 120 - res["composition_by_domain"]["crops"]
+
+
+def test_pseudo_label_end_to_end_and_equal_steps_for_full(tmp_path):
+    res, proc = run_train(tmp_path / "ecos", "scenario=pseudo_label", "sampler=ecos", "scenario.labels.sigma=1.0", tiny=LABELLED)
+    assert res["labels_dropped"] + res["n_trained"] == res["n_selected"] == 120
+    assert 0.0 <= res["pseudo_label_acc"] <= 1.0
+    assert res["label_bytes_up"] == HEADER_BYTES + 2 * 120
+    assert res["label_bytes_down"] > 120 * 4 * 8
+    assert res["exchange_epsilon"] is None  # exact scores were released: the exchange is not private
+    assert res["label_epsilon"] > 0
+    assert "pseudo-label accuracy" in proc.stdout
+    noisy, _ = run_train(tmp_path / "noisy", "scenario=pseudo_label", "sampler=ecos", "scenario.labels.sigma=1.0", "client.epsilon=2.0", tiny=LABELLED)
+    assert res["label_epsilon"] < noisy["exchange_epsilon"] < res["label_epsilon"] + 2.0
+    # under the default budget schedule the whole pool (70 batches an epoch here) gets the steps of a proxy set
+    unlimited = [o for o in LABELLED if "limit_train_batches" not in o]
+    full, _ = run_train(tmp_path / "full", "scenario=pseudo_label", "sampler=full", "scenario.labels.sigma=1.0", tiny=unlimited)
+    assert full["n_selected"] == full["n_pool"] and full["train_steps"] == res["train_steps"] == 2
+
+
+def test_training_steps_budget_schedule():
+    from omegaconf import OmegaConf
+
+    from ecos_pl.experiment import training_steps
+
+    cfg = OmegaConf.create({"budget": 400, "datamodule": {"batch_size": 64}, "scenario": {"epochs": 40, "train_length": "budget"}})
+    assert training_steps(cfg) == 40 * 7
+    assert training_steps(cfg, world_size=2) == 40 * 4  # each step sees a batch on every rank
+    cfg.scenario.train_length = "epochs"
+    assert training_steps(cfg) is None
+    cfg.scenario.train_length = "steps"
+    with pytest.raises(ValueError, match="scenario.train_length"):
+        training_steps(cfg)
+
+
+def test_client_data_reference_trains_on_the_client(tmp_path):
+    res, _ = run_train(tmp_path, "scenario=label_outsourcing", "sampler=client_data", tiny=LABELLED)
+    assert res["n_selected"] == res["n_trained"] == res["n_client_train"]
+    assert res["in_domain_fraction"] == 1.0
+    assert res["bytes_up"] == res["bytes_down"] == 0 and "labels_bought" not in res
