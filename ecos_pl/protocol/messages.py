@@ -4,64 +4,172 @@ The protocol itself is two messages (centroids down, scores up). The
 `pseudo_label` scenario adds one more round: the proxy set's features down and
 one label per proxy sample up.
 
-Wire format (little endian): a fixed header (magic, schema version, kind, flags,
-R, d, epsilon), the payload, and a CRC32 of everything before it. `nbytes` is
-the exact length of `to_bytes()`, so the reported traffic is the real traffic.
+Wire format, schema version 2 (little endian), `HEADER_BYTES` = 32 in all:
+
+    offset size field
+         0    4 magic  b"ECOS"
+         4    1 schema version (2)
+         5    1 kind   (1 centroids, 2 scores, 3 proxy features, 4 labels)
+         6    1 flags  (1 radii follow the centroids, 2 `value` is set, 4 `tag` is set)
+         7    1 dtype  of the payload (1 float32, 2 int16), fixed per kind
+         8    4 R      u32 (rows: centroids, scores, proxy samples, labels)
+        12    4 d      u32 (columns; 1 for scores and labels)
+        16    8 value  f64: ε of the scores' Laplace noise, σ of the labels' Gaussian noise; 0 when unset
+        24    4 tag    4 bytes of a sha256: φ's fingerprint (centroids, proxy features), or the
+                       fingerprint of the message answered (scores, labels); zero when unset
+        28    n payload
+      28+n    4 CRC32  of everything before it
+
+`nbytes` is the exact length of `to_bytes()`, so the reported traffic is the real
+traffic: the scores a client uploads are `4·R + HEADER_BYTES` bytes. Parsing is
+strict (every field is checked and every byte string that parses writes itself
+back unchanged); whatever is wrong raises `ECOSInputError` with one sentence.
+The tag is a consistency check against mix-ups (wrong φ, scores for another
+compression run), not authentication: like the CRC, it does not stop a forger.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from ecos_pl.protocol.errors import ECOSInputError, check_scores
+from ecos_pl.protocol.errors import ECOSInputError, check_epsilon, check_scores
 
 MAGIC = b"ECOS"
-SCHEMA_VERSION = 1
-_KIND_CENTROIDS = 1
-_KIND_SCORES = 2
-_KIND_PROXY_FEATURES = 3
-_KIND_LABELS = 4
-_FLAG_RADII = 1
-_FLAG_EPSILON = 2
-# magic, version u16, kind u8, flags u8, R u32, d u32, epsilon f64
-_HEADER = struct.Struct("<4sHBBIId")
+SCHEMA_VERSION = 2
+KIND_CENTROIDS = 1
+KIND_SCORES = 2
+KIND_PROXY_FEATURES = 3
+KIND_LABELS = 4
+KIND_NAMES = {KIND_CENTROIDS: "centroids", KIND_SCORES: "scores", KIND_PROXY_FEATURES: "proxy features", KIND_LABELS: "labels"}
+FLAG_RADII = 1
+FLAG_VALUE = 2
+FLAG_TAG = 4
+DTYPE_FLOAT32 = 1
+DTYPE_INT16 = 2
+DTYPES = {DTYPE_FLOAT32: np.dtype("<f4"), DTYPE_INT16: np.dtype("<i2")}
+TAG_BYTES = 4
+_NO_TAG = bytes(TAG_BYTES)
+# magic, version u8, kind u8, flags u8, dtype u8, R u32, d u32, value f64, tag 4s
+_HEADER = struct.Struct(f"<4sBBBBIId{TAG_BYTES}s")
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _CRC.size
 
 
-def _pack(kind: int, flags: int, r: int, d: int, epsilon: float, payload: bytes) -> bytes:
-    body = _HEADER.pack(MAGIC, SCHEMA_VERSION, kind, flags, r, d, epsilon) + payload
-    return body + _CRC.pack(zlib.crc32(body))
+def phi_tag(fingerprint: str) -> bytes:
+    """The 4-byte tag of a φ, from its `fingerprint()` string."""
+    return hashlib.sha256(f"ecos-phi:{fingerprint}".encode()).digest()[:TAG_BYTES]
 
 
-def _unpack(data: bytes, kind: int, what: str) -> tuple[int, int, int, float, memoryview]:
-    data = memoryview(bytes(data))
+def answer_tag(message) -> bytes:
+    """The 4-byte tag a reply carries: the fingerprint of the message it answers (which carries φ's tag)."""
+    return hashlib.sha256(message.to_bytes()).digest()[:TAG_BYTES]
+
+
+def _check_tag(tag) -> bytes | None:
+    if tag is None:
+        return None
+    if isinstance(tag, str):
+        try:
+            tag = bytes.fromhex(tag)
+        except ValueError:
+            raise ECOSInputError(f"tag must be {TAG_BYTES} bytes or {2 * TAG_BYTES} hex digits, got {tag!r}.") from None
+    if not isinstance(tag, (bytes, bytearray)) or len(tag) != TAG_BYTES:
+        raise ECOSInputError(f"tag must be {TAG_BYTES} bytes, got {tag!r}.")
+    return bytes(tag)
+
+
+def _pack(kind: int, flags: int, dtype: int, r: int, d: int, value: float | None, tag: bytes | None, payload: bytes) -> bytes:
+    if value is not None:
+        flags |= FLAG_VALUE
+    if tag is not None:
+        flags |= FLAG_TAG
+    body = _HEADER.pack(MAGIC, SCHEMA_VERSION, kind, flags, dtype, r, d, 0.0 if value is None else float(value), tag or _NO_TAG)
+    return body + payload + _CRC.pack(zlib.crc32(body + payload))
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    kind: int
+    flags: int
+    dtype: int
+    r: int
+    d: int
+    value: float | None
+    tag: bytes | None
+    payload: bytes
+
+
+def _envelope(data, what: str) -> _Parsed:
+    """Magic, version, checksum and the header's own consistency; nothing about the kind yet."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ECOSInputError(f"{what} message must be bytes, got {type(data).__name__}.")
+    data = bytes(data)
     if len(data) < HEADER_BYTES:
         raise ECOSInputError(f"{what} message is truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}.")
-    magic, version, got_kind, flags, r, d, epsilon = _HEADER.unpack_from(data)
+    magic, version, kind, flags, dtype, r, d, value, tag = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ECOSInputError(f"{what} message does not start with the ECOS magic bytes; it is not an ECOS message.")
     if version != SCHEMA_VERSION:
         raise ECOSInputError(f"{what} message has schema version {version}; this program reads version {SCHEMA_VERSION}.")
-    if got_kind != kind:
-        raise ECOSInputError(f"{what} message has kind {got_kind}, expected {kind}; wrong file?")
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: len(data) - _CRC.size]) != crc:
         raise ECOSInputError(f"{what} message fails its checksum; it was truncated or altered.")
-    return flags, r, d, epsilon, data[_HEADER.size : len(data) - _CRC.size]
+    if not flags & FLAG_VALUE and data[16:24] != bytes(8):
+        raise ECOSInputError(f"{what} message has a value field ({value!r}) but its flags say none was set.")
+    if not flags & FLAG_TAG and tag != _NO_TAG:
+        raise ECOSInputError(f"{what} message has a tag but its flags say none was set.")
+    return _Parsed(
+        kind, flags, dtype, r, d,
+        float(value) if flags & FLAG_VALUE else None,
+        tag if flags & FLAG_TAG else None,
+        data[_HEADER.size : len(data) - _CRC.size],
+    )
+
+
+def _unpack(data, kind: int, dtype: int, allowed_flags: int) -> tuple[_Parsed, np.ndarray]:
+    """The envelope, then this kind's flags, dtype and shape fields; the payload as a 1-D array of the kind's dtype."""
+    what = KIND_NAMES[kind]
+    p = _envelope(data, what)
+    if p.kind != kind:
+        got = KIND_NAMES.get(p.kind, f"unknown-kind ({p.kind})")
+        raise ECOSInputError(f"{what} message expected, but this is a {got} message; wrong file?")
+    if p.flags & ~allowed_flags:
+        raise ECOSInputError(f"{what} message has flags {p.flags:#04x}, which this kind does not use.")
+    if p.dtype != dtype:
+        raise ECOSInputError(f"{what} message has dtype code {p.dtype}; {what} are always {DTYPES[dtype].name} (code {dtype}).")
+    if p.r < 1 or p.d < 1:
+        raise ECOSInputError(f"{what} message says R={p.r}, d={p.d}; both must be at least 1.")
+    itemsize = DTYPES[dtype].itemsize
+    if len(p.payload) % itemsize:
+        raise ECOSInputError(f"{what} message has {len(p.payload)} payload bytes, not a whole number of {itemsize}-byte values.")
+    return p, np.frombuffer(p.payload, dtype=DTYPES[dtype])
+
+
+def _expect_size(what: str, values: np.ndarray, n_items: int, shape: str) -> None:
+    if values.size != n_items:
+        raise ECOSInputError(
+            f"{what} message says {shape} but carries {values.size} values, not {n_items}; it is truncated or malformed."
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class CentroidsMessage:
-    """Cloud to client: the R centroids of the pool's features (and optionally each cluster's radius)."""
+    """Cloud to client: the R centroids of the pool's features (and optionally each cluster's radius).
+
+    `tag`: φ's tag (`phi_tag(phi.fingerprint())`) when the cloud knows φ, so the
+    client can check that it extracts its features with the same φ.
+    """
+
+    KIND = KIND_CENTROIDS  # not a field
 
     centroids: np.ndarray  # float32 [R, d]
     radii: np.ndarray | None = None  # float32 [R]
+    tag: bytes | None = None
 
     def __post_init__(self) -> None:
         c = np.ascontiguousarray(self.centroids, dtype=np.float32)
@@ -75,6 +183,7 @@ class CentroidsMessage:
             if radii.shape != (c.shape[0],) or not np.isfinite(radii).all() or (radii < 0).any():
                 raise ECOSInputError(f"radii must be {c.shape[0]} finite non-negative numbers, one per centroid.")
             object.__setattr__(self, "radii", radii)
+        object.__setattr__(self, "tag", _check_tag(self.tag))
 
     @property
     def n_centroids(self) -> int:
@@ -90,20 +199,17 @@ class CentroidsMessage:
         return HEADER_BYTES + 4 * floats
 
     def to_bytes(self) -> bytes:
-        payload = self.centroids.tobytes() + (self.radii.tobytes() if self.radii is not None else b"")
-        flags = _FLAG_RADII if self.radii is not None else 0
-        return _pack(_KIND_CENTROIDS, flags, self.n_centroids, self.dim, math.nan, payload)
+        payload = self.centroids.astype("<f4").tobytes() + (self.radii.astype("<f4").tobytes() if self.radii is not None else b"")
+        flags = FLAG_RADII if self.radii is not None else 0
+        return _pack(KIND_CENTROIDS, flags, DTYPE_FLOAT32, self.n_centroids, self.dim, None, self.tag, payload)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CentroidsMessage":
-        flags, r, d, _, payload = _unpack(data, _KIND_CENTROIDS, "centroids")
-        has_radii = bool(flags & _FLAG_RADII)
-        expected = 4 * (r * d + (r if has_radii else 0))
-        if r < 1 or d < 1 or len(payload) != expected:
-            raise ECOSInputError(f"centroids message says R={r}, d={d} but carries {len(payload)} payload bytes, not {expected}.")
-        values = np.frombuffer(payload, dtype="<f4")
-        radii = values[r * d :].copy() if has_radii else None
-        return cls(values[: r * d].reshape(r, d).copy(), radii)
+        p, values = _unpack(data, KIND_CENTROIDS, DTYPE_FLOAT32, FLAG_RADII | FLAG_TAG)
+        has_radii = bool(p.flags & FLAG_RADII)
+        _expect_size("centroids", values, p.r * p.d + (p.r if has_radii else 0), f"R={p.r}, d={p.d}{' with radii' if has_radii else ''}")
+        radii = values[p.r * p.d :].copy() if has_radii else None
+        return cls(values[: p.r * p.d].reshape(p.r, p.d).copy(), radii, p.tag)
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,15 +217,23 @@ class ScoresMessage:
     """Client to cloud: one centroid-coverage score per centroid, nothing per sample.
 
     `epsilon` is the Laplace-mechanism ε the client spent on these scores (None: exact counts).
+    `tag` is `answer_tag(centroids)`: which centroids (and so which φ) the scores answer.
     """
+
+    KIND = KIND_SCORES  # not a field
 
     scores: np.ndarray  # float32 [R]
     epsilon: float | None = None
+    tag: bytes | None = None
 
     def __post_init__(self) -> None:
         s = np.asarray(self.scores)
         scores = check_scores(s, s.shape[0] if s.ndim == 1 else -1)
+        if len(scores) < 1:
+            raise ECOSInputError("scores is empty; there must be one score per centroid.")
         object.__setattr__(self, "scores", scores.astype(np.float32))
+        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
+        object.__setattr__(self, "tag", _check_tag(self.tag))
 
     @property
     def n_centroids(self) -> int:
@@ -130,24 +244,25 @@ class ScoresMessage:
         return HEADER_BYTES + 4 * self.n_centroids
 
     def to_bytes(self) -> bytes:
-        eps = math.nan if self.epsilon is None else float(self.epsilon)
-        flags = _FLAG_EPSILON if self.epsilon is not None else 0
-        return _pack(_KIND_SCORES, flags, self.n_centroids, 1, eps, self.scores.astype("<f4").tobytes())
+        return _pack(KIND_SCORES, 0, DTYPE_FLOAT32, self.n_centroids, 1, self.epsilon, self.tag, self.scores.astype("<f4").tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ScoresMessage":
-        flags, r, d, eps, payload = _unpack(data, _KIND_SCORES, "scores")
-        if r < 1 or d != 1 or len(payload) != 4 * r:
-            raise ECOSInputError(f"scores message says R={r} but carries {len(payload)} payload bytes, not {4 * r}.")
-        epsilon = float(eps) if flags & _FLAG_EPSILON else None
-        return cls(np.frombuffer(payload, dtype="<f4").copy(), epsilon)
+        p, values = _unpack(data, KIND_SCORES, DTYPE_FLOAT32, FLAG_VALUE | FLAG_TAG)
+        if p.d != 1:
+            raise ECOSInputError(f"scores message says d={p.d}; scores are one number per centroid (d=1).")
+        _expect_size("scores", values, p.r, f"R={p.r}")
+        return cls(values.copy(), p.value, p.tag)
 
 
 @dataclass(frozen=True, eq=False)
 class ProxyFeaturesMessage:
     """Cloud to client (`pseudo_label` only): φ of the B proxy samples, to be labelled by the client."""
 
+    KIND = KIND_PROXY_FEATURES  # not a field
+
     features: np.ndarray  # float32 [B, d]
+    tag: bytes | None = None
 
     def __post_init__(self) -> None:
         f = np.ascontiguousarray(self.features, dtype=np.float32)
@@ -156,6 +271,7 @@ class ProxyFeaturesMessage:
         if not np.isfinite(f).all():
             raise ECOSInputError("proxy features contain NaN or infinite values.")
         object.__setattr__(self, "features", f)
+        object.__setattr__(self, "tag", _check_tag(self.tag))
 
     @property
     def n_samples(self) -> int:
@@ -170,14 +286,13 @@ class ProxyFeaturesMessage:
         return HEADER_BYTES + 4 * self.features.size
 
     def to_bytes(self) -> bytes:
-        return _pack(_KIND_PROXY_FEATURES, 0, self.n_samples, self.dim, math.nan, self.features.tobytes())
+        return _pack(KIND_PROXY_FEATURES, 0, DTYPE_FLOAT32, self.n_samples, self.dim, None, self.tag, self.features.astype("<f4").tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ProxyFeaturesMessage":
-        _, b, d, _, payload = _unpack(data, _KIND_PROXY_FEATURES, "proxy features")
-        if b < 1 or d < 1 or len(payload) != 4 * b * d:
-            raise ECOSInputError(f"proxy features message says B={b}, d={d} but carries {len(payload)} payload bytes, not {4 * b * d}.")
-        return cls(np.frombuffer(payload, dtype="<f4").reshape(b, d).copy())
+        p, values = _unpack(data, KIND_PROXY_FEATURES, DTYPE_FLOAT32, FLAG_TAG)
+        _expect_size("proxy features", values, p.r * p.d, f"B={p.r}, d={p.d}")
+        return cls(values.reshape(p.r, p.d).copy(), p.tag)
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,10 +301,14 @@ class LabelsMessage:
 
     Labels travel as int16 (two bytes each); `sigma` is the Gaussian noise the
     client added to its vote histograms (None: no noise), kept for the cloud's accounting.
+    `tag` is `answer_tag(proxy_features)`: which proxy set the labels answer.
     """
+
+    KIND = KIND_LABELS  # not a field
 
     labels: np.ndarray  # int16 [B], -1 = dropped
     sigma: float | None = None
+    tag: bytes | None = None
 
     def __post_init__(self) -> None:
         lab = np.asarray(self.labels)
@@ -200,6 +319,12 @@ class LabelsMessage:
         if (lab < -1).any() or (lab > np.iinfo(np.int16).max).any():
             raise ECOSInputError("labels must be class indices >= 0, or -1 for a dropped sample.")
         object.__setattr__(self, "labels", lab.astype(np.int16))
+        if self.sigma is not None:
+            sigma = float(self.sigma)
+            if not np.isfinite(sigma) or sigma <= 0:
+                raise ECOSInputError(f"sigma must be a positive, finite number (or None for no noise), got {self.sigma!r}.")
+            object.__setattr__(self, "sigma", sigma)
+        object.__setattr__(self, "tag", _check_tag(self.tag))
 
     @property
     def n_samples(self) -> int:
@@ -210,13 +335,30 @@ class LabelsMessage:
         return HEADER_BYTES + 2 * self.n_samples
 
     def to_bytes(self) -> bytes:
-        sigma = math.nan if self.sigma is None else float(self.sigma)
-        flags = _FLAG_EPSILON if self.sigma is not None else 0
-        return _pack(_KIND_LABELS, flags, self.n_samples, 1, sigma, self.labels.astype("<i2").tobytes())
+        return _pack(KIND_LABELS, 0, DTYPE_INT16, self.n_samples, 1, self.sigma, self.tag, self.labels.astype("<i2").tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LabelsMessage":
-        flags, b, d, sigma, payload = _unpack(data, _KIND_LABELS, "labels")
-        if b < 1 or d != 1 or len(payload) != 2 * b:
-            raise ECOSInputError(f"labels message says B={b} but carries {len(payload)} payload bytes, not {2 * b}.")
-        return cls(np.frombuffer(payload, dtype="<i2").copy(), float(sigma) if flags & _FLAG_EPSILON else None)
+        p, values = _unpack(data, KIND_LABELS, DTYPE_INT16, FLAG_VALUE | FLAG_TAG)
+        if p.d != 1:
+            raise ECOSInputError(f"labels message says d={p.d}; labels are one class per proxy sample (d=1).")
+        _expect_size("labels", values, p.r, f"B={p.r}")
+        return cls(values.copy(), p.value, p.tag)
+
+
+MESSAGE_TYPES = {
+    KIND_CENTROIDS: CentroidsMessage,
+    KIND_SCORES: ScoresMessage,
+    KIND_PROXY_FEATURES: ProxyFeaturesMessage,
+    KIND_LABELS: LabelsMessage,
+}
+
+
+def parse_message(data: bytes, expected=None):
+    """Any ECOS message (or, with `expected`, one of those classes); `ECOSInputError` (one sentence) for anything else."""
+    if expected is not None:
+        return expected.from_bytes(data)
+    p = _envelope(data, "ECOS")
+    if p.kind not in MESSAGE_TYPES:
+        raise ECOSInputError(f"ECOS message has unknown kind {p.kind}.")
+    return MESSAGE_TYPES[p.kind].from_bytes(data)

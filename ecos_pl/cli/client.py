@@ -1,0 +1,250 @@
+"""`ecos-client`: the client's side of ECOS as a program. Its images never leave it; only the files it writes do.
+
+    ecos-client score   centroids.ecos + own images (or features) -> scores.ecos  (R numbers)
+    ecos-client label   proxy_features.ecos + own labelled images -> labels.ecos  (pseudo_label: B labels)
+
+Each prints the ε of what it released (the scores' Laplace ε; the labels' Gaussian noisy max
+composed with the scores by dp-accounting's RDP accountant) and writes exactly one message
+file: R scores, or one label per proxy sample, with a 32-byte header.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ecos_pl.cli.common import (
+    add_command,
+    decode_images,
+    existing_dir,
+    existing_file,
+    fraction,
+    fresh_seed,
+    list_images,
+    load_phi,
+    make_parser,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    read_features,
+    read_message,
+    run_program,
+    say,
+    scores_privacy_line,
+    write_bytes_atomic,
+    eps_text,
+)
+from ecos_pl.protocol.errors import ECOSInputError
+from ecos_pl.protocol.features import unit_rows
+from ecos_pl.protocol.messages import (
+    HEADER_BYTES,
+    CentroidsMessage,
+    LabelsMessage,
+    ProxyFeaturesMessage,
+    ScoresMessage,
+    answer_tag,
+    phi_tag,
+)
+from ecos_pl.protocol.parties import ECOSClient
+
+PROG = "ecos-client"
+PHI_FILE = "phi.safetensors"
+#: pseudo_label defaults: conf/scenario/pseudo_label.yaml
+LABEL_DEFAULTS = {"k": 10, "sigma": 2.0, "threshold": 0.5, "delta": 1e-5}
+
+
+def _client_phi(args, message, message_flag: str):
+    """φ for --images: --phi, else phi.safetensors next to the message; checked against the message's φ tag."""
+    explicit = args.phi is not None
+    path = Path(args.phi) if explicit else Path(getattr(args, message_flag.lstrip("-").replace("-", "_"))).expanduser().parent / PHI_FILE
+    if not explicit and not path.is_file():
+        raise ECOSInputError(f"--images needs φ: pass --phi FILE (the cloud writes it as {PHI_FILE} next to centroids.ecos).")
+    phi, image_size = load_phi(path, "--phi")
+    if args.image_size is not None and args.image_size != image_size:
+        raise ECOSInputError(f"--image-size {args.image_size} differs from the image size {image_size} that --phi {path} was saved with.")
+    mine = phi_tag(phi.fingerprint())
+    if message.tag is None:
+        if not explicit:
+            raise ECOSInputError(f"{message_flag} carries no φ tag (the cloud clustered features it was given), so φ cannot be checked; pass --phi FILE to use one anyway, or --features.")
+        warnings.warn(f"{message_flag} carries no φ tag; trusting --phi {path} without a check.", stacklevel=1)
+    elif message.tag != mine:
+        raise ECOSInputError(
+            f"{message_flag} was computed with another φ (tag {message.tag.hex()}) than --phi {path} (tag {mine.hex()}); "
+            "use the φ file that came with it."
+        )
+    return phi, image_size
+
+
+def _client_features(args, message, message_flag: str, *, labelled: bool = False):
+    """(unit features [N, d], labels or None, class names or None) of the client's own data."""
+    if args.features is not None:
+        if args.phi is not None:
+            raise ECOSInputError("--phi goes with --images; with --features the features are already computed.")
+        x = read_features(args.features, "--features", dim=message.dim)
+        if message.tag is not None:
+            say(f"φ not checked: --features are taken as they are; they must come from the φ with tag {message.tag.hex()}.")
+        return x, None, None
+    phi, image_size = _client_phi(args, message, message_flag)
+    root = existing_dir(args.images, "--images")
+    paths = list_images(root)
+    if labelled:
+        loose = [p for p in paths if "/" not in p]
+        if loose:
+            warnings.warn(f"--images {root}: {len(loose)} image(s) directly in the folder have no class folder and do not vote.", stacklevel=1)
+        paths = [p for p in paths if "/" in p]
+        if not paths:
+            raise ECOSInputError(f"--images {root} has no class folders with images (<class>/<image>); label needs labelled images.")
+    images, paths = decode_images(root, paths, image_size, "--images")
+    say(f"φ: {type(phi).__name__} on {len(images):,} own images under {root}")
+    x = unit_rows(phi.transform(images), f"--images {root} features", dim=message.dim)
+    if not labelled:
+        return x, None, None
+    classes = [p.split("/", 1)[0] for p in paths]
+    names = sorted(set(classes))
+    index = {c: i for i, c in enumerate(names)}
+    return x, np.asarray([index[c] for c in classes], dtype=np.int64), names
+
+
+# --------------------------------------------------------------------------- score
+
+
+def cmd_score(args) -> int:
+    message, _ = read_message(args.centroids, CentroidsMessage, "--centroids")
+    features, _, _ = _client_features(args, message, "--centroids")
+    seed = fresh_seed(args.seed)
+    client = ECOSClient(features, epsilon=args.epsilon, seed=seed, use_radii=not args.ignore_radii)
+    plain = client.score(message)
+    reply = ScoresMessage(plain.scores, plain.epsilon, tag=answer_tag(message))
+    data = reply.to_bytes()
+    write_bytes_atomic(args.out, data)
+    say(f"scored {client.n_samples:,} own samples against R={message.n_centroids} centroids "
+        f"({client.score_macs:,} multiply-adds, {client.score_seconds:.3f} s)",
+        f"released: {args.out}: {len(data)} bytes = {HEADER_BYTES} + 4·R; R scores and nothing per sample",
+        scores_privacy_line(reply.epsilon))
+    if args.epsilon is not None and args.seed is not None:
+        say("note: --seed makes the noise reproducible; whoever knows the seed can remove it. Leave --seed out for a real release.")
+    return 0
+
+
+# --------------------------------------------------------------------------- label
+
+
+def cmd_label(args) -> int:
+    from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
+
+    message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features")
+    if args.features is not None and args.labels is None:
+        raise ECOSInputError("--features needs --labels (one class index per row) to label the proxy set.")
+    if args.features is None and (args.labels is not None or args.num_classes is not None):
+        raise ECOSInputError("--labels and --num-classes go with --features; with --images the class folders are the labels.")
+    score_eps = None
+    if args.scores is not None:
+        mine, _ = read_message(args.scores, ScoresMessage, "--scores")
+        score_eps = [mine.epsilon]
+    features, labels, names = _client_features(args, message, "--proxy-features", labelled=True)
+    if labels is None:
+        path = existing_file(args.labels, "--labels")
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001
+            raise ECOSInputError(f"--labels {args.labels} is not a readable .npy array ({type(err).__name__}).") from None
+        if labels.ndim != 1 or len(labels) != len(features) or not np.issubdtype(labels.dtype, np.integer):
+            raise ECOSInputError(f"--labels {args.labels} must hold one integer class per row of --features ({len(features)}), got {labels.dtype} {labels.shape}.")
+        if (labels < 0).any():
+            raise ECOSInputError(f"--labels {args.labels} holds negative classes; every labelled sample needs a class >= 0.")
+        num_classes = int(labels.max()) + 1 if args.num_classes is None else args.num_classes
+        if labels.max() >= num_classes:
+            raise ECOSInputError(f"--labels {args.labels} holds class {int(labels.max())}, not below --num-classes {num_classes}.")
+    else:
+        num_classes = len(names)
+    if args.k > len(features):
+        raise ECOSInputError(f"--k {args.k} is larger than the number of labelled client samples ({len(features)}).")
+    labeller = PseudoLabeller(features, labels, num_classes, k=args.k, sigma=args.sigma, threshold=args.threshold, seed=fresh_seed(args.seed))
+    plain = labeller.label(message)
+    reply = LabelsMessage(plain.labels, plain.sigma, tag=answer_tag(message))
+    data = reply.to_bytes()
+    write_bytes_atomic(args.out, data)
+    kept = int((reply.labels >= 0).sum())
+    say(f"labelled {reply.n_samples} proxy samples by a {args.k}-NN vote over {len(features):,} own samples "
+        f"({kept} labelled, {reply.n_samples - kept} abstained) in {labeller.seconds:.3f} s")
+    if names is not None:
+        say("labels are indices into your class folders: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    say(f"released: {args.out}: {len(data)} bytes = {HEADER_BYTES} + 2·B; one class (or -1) per proxy sample and nothing else")
+    eps = label_epsilon(reply.sigma, reply.n_samples, args.delta)
+    say(f"privacy of the labels ({reply.n_samples} Gaussian noisy-max answers, σ = {reply.sigma}): {eps_text(eps)}, δ = {args.delta:g} (RDP; dp-accounting)")
+    if score_eps is not None:
+        total = label_epsilon(reply.sigma, reply.n_samples, args.delta, score_eps)
+        say(f"privacy of your whole exchange (scores {eps_text(score_eps[0])} + labels): {eps_text(total)}, δ = {args.delta:g}")
+    else:
+        say("pass --scores YOUR_SCORES.ecos to compose this with the ε of the scores you released.")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+EPILOG = """\
+examples:
+  ecos-client score --centroids cloud/centroids.ecos --phi cloud/phi.safetensors --images client_images --out scores.ecos
+  ecos-client score --centroids centroids.ecos --features mine.npy --epsilon 1 --out scores.ecos
+  ecos-client label --proxy-features proxy_features.ecos --phi cloud/phi.safetensors --images client_images \\
+                    --scores scores.ecos --out labels.ecos
+"""
+
+
+def _add_own_data(p, *, labelled: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="FOLDER", help="your images (every image under it)" + ("; <class>/<image>: the class folders are the labels" if labelled else ""))
+    src.add_argument("--features", metavar="CLIENT.npy", help="your φ features, float [N, d], computed with the cloud's φ")
+    p.add_argument("--phi", metavar="FILE", help=f"φ file from the cloud (default: {PHI_FILE} next to the message file)")
+    p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="must equal the φ file's (default: the φ file's)")
+
+
+def build_parser():
+    parser = make_parser(PROG, "The client's side of ECOS: answer the cloud with R scores (and, for pseudo_label, labels); nothing else leaves.", EPILOG)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = add_command(sub, "score", "centroids.ecos + your data -> scores.ecos (R numbers up)",
+                    "Each of your samples votes for its nearest centroid; the R vote counts (optionally with Laplace(1/ε)\n"
+                    "noise, clipped at 0) are written as scores.ecos: 32 + 4·R bytes, nothing per sample.",
+                    "examples:\n"
+                    "  ecos-client score --centroids cloud/centroids.ecos --phi cloud/phi.safetensors --images client_images --out scores.ecos\n"
+                    "  ecos-client score --centroids centroids.ecos --features mine.npy --epsilon 1 --out scores.ecos")
+    p.add_argument("--centroids", required=True, metavar="centroids.ecos")
+    _add_own_data(p, labelled=False)
+    p.add_argument("--epsilon", type=positive_float("--epsilon"), default=None, help="Laplace noise of scale 1/ε on every count (ε-DP); default: exact counts")
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
+    p.add_argument("--ignore-radii", action="store_true", help="let every sample vote even if the centroids came with radii")
+    p.add_argument("--out", required=True, metavar="scores.ecos")
+    p.set_defaults(func=cmd_score)
+
+    p = add_command(sub, "label", "pseudo_label: proxy_features.ecos + your labelled data -> labels.ecos (B labels up)",
+                    "Label each proxy sample by the vote of its k nearest labelled samples of yours, with N(0, σ²) noise on the\n"
+                    "vote histogram (Gaussian noisy max), abstaining (-1) when the noisy top vote is under threshold·k.\n"
+                    "Writes labels.ecos: 32 + 2·B bytes. Defaults are conf/scenario/pseudo_label.yaml's.",
+                    "examples:\n"
+                    "  ecos-client label --proxy-features proxy_features.ecos --phi cloud/phi.safetensors --images client_images --out labels.ecos\n"
+                    "  ecos-client label --proxy-features pf.ecos --features mine.npy --labels mine_labels.npy --sigma 4 --out labels.ecos")
+    p.add_argument("--proxy-features", required=True, metavar="proxy_features.ecos")
+    _add_own_data(p, labelled=True)
+    p.add_argument("--labels", metavar="LABELS.npy", help="with --features: one class index per row")
+    p.add_argument("--num-classes", type=positive_int("--num-classes"), default=None, help="with --features (default: largest label + 1)")
+    p.add_argument("--k", type=positive_int("--k"), default=LABEL_DEFAULTS["k"], help="neighbours that vote (default %(default)s)")
+    p.add_argument("--sigma", type=positive_float("--sigma", allow_none=True), default=LABEL_DEFAULTS["sigma"], help="Gaussian noise on each vote histogram; 0/none: exact votes, not private (default %(default)s)")
+    p.add_argument("--threshold", type=fraction("--threshold", allow_none=True), default=LABEL_DEFAULTS["threshold"], help="abstain under threshold·k noisy votes; none: never (default %(default)s)")
+    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABEL_DEFAULTS["delta"], help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--scores", metavar="scores.ecos", help="the scores you released earlier, to compose the whole exchange's ε")
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
+    p.add_argument("--out", required=True, metavar="labels.ecos")
+    p.set_defaults(func=cmd_label)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_program(PROG, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
