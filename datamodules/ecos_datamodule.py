@@ -68,6 +68,8 @@ class ECOSDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         reuse_selection: bool = True,
         proxy_labels: ProxyLabels | None = None,
+        cache_features: bool = True,
+        feature_dtype: str = "auto",
     ):
         super().__init__()
         self.source = source
@@ -82,6 +84,11 @@ class ECOSDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.reuse_selection = reuse_selection
         self.proxy_labels = proxy_labels
+        #: with cache_dir: the pool's φ features live in cache_dir/features/ (ecos_pl.feature_cache)
+        self.cache_features = cache_features
+        #: "auto" (float32; float16 from 1 GiB of float32 features), "float32" or "float16"
+        self.feature_dtype = feature_dtype
+        self.feature_cache_info: dict | None = None
         self.proxy_targets: np.ndarray | None = None
         self.data: ECOSData | None = None
         self._pool_features: np.ndarray | None = None
@@ -100,11 +107,35 @@ class ECOSDataModule(pl.LightningDataModule):
 
     @property
     def pool_features(self) -> np.ndarray:
-        """φ of the pool, computed on first use (a reused selection does not need it)."""
+        """φ of the pool [N, d], rows L2-normalised, computed on first use (a reused selection does not need it).
+
+        With `cache_dir` (and `cache_features`) they come from `cache_dir/features/`, keyed
+        by the data, φ and the dtype, as a read-only memory map written first if missing
+        (`ecos_pl.feature_cache`): float32, bit-identical to the uncached path, or float16
+        for pools whose float32 features reach 1 GiB (`feature_dtype`).
+        """
         if self._pool_features is None:
-            data = self.load_data()
-            self.phi.fit(data.pool.images)
+            self.compute_pool_features()
+        return self._pool_features
+
+    def compute_pool_features(self, strategy=None) -> np.ndarray:
+        """Fit φ on the pool (the cloud's public data) and extract the pool's features.
+
+        Under DDP every rank may call this with `trainer.strategy` before rank zero runs
+        the protocol: the ranks then share the forward passes and rank zero writes the
+        cache (`cached_features`). Called by rank zero alone (no strategy), it does all of it.
+        """
+        from ecos_pl.feature_cache import array_fingerprint, cached_features
+
+        data = self.load_data()
+        self.phi.fit(data.pool.images)
+        if self.cache_dir is None or not self.cache_features:
             self._pool_features = self.phi.transform(data.pool.images)
+            return self._pool_features
+        data_id = f"{data.name}:{array_fingerprint(data.pool.images)}"
+        self._pool_features, self.feature_cache_info = cached_features(
+            self.cache_dir, self.phi, data.pool.images, data_id=data_id, dtype=self.feature_dtype, strategy=strategy
+        )
         return self._pool_features
 
     def selection_path(self) -> Path | None:

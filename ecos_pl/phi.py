@@ -43,6 +43,9 @@ class FeatureExtractor(ABC):
     """`fit` runs on the cloud on public pool images only; `transform` runs on both sides."""
 
     name: str = "phi"
+    #: rows `transform` handles in one go; the feature cache streams the pool in blocks of this many
+    #: rows, so a cached feature is computed exactly as `transform(pool)` would compute it.
+    batch_rows: int = 65536
 
     def fit(self, pool_images: np.ndarray) -> "FeatureExtractor":
         return self
@@ -57,6 +60,10 @@ class FeatureExtractor(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """Identifies φ (type, weights, settings) so cached features and messages can be matched to it."""
+
+    def to(self, device) -> "FeatureExtractor":
+        """Run `transform` on `device` from now on (a no-op for φ that have no network)."""
+        return self
 
 
 class PCAPixels(FeatureExtractor):
@@ -111,6 +118,7 @@ class TimmFeatures(FeatureExtractor):
         batch_size: int = 256,
         device: str | None = None,
         progress: bool | None = None,
+        input_size: int | str | None = None,
     ):
         if pooling not in ("avg", "style"):
             raise ValueError(f"pooling={pooling!r} must be 'avg' or 'style'.")
@@ -119,14 +127,23 @@ class TimmFeatures(FeatureExtractor):
         self.seed = seed
         self.pooling = pooling
         self.stages = tuple(int(i) for i in stages)
-        self.batch_size = batch_size
+        self.batch_size = self.batch_rows = int(batch_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         #: None: a progress bar on a terminal when there is more than one batch; True/False: always/never
         self.progress = progress
         extra = {"features_only": True, "out_indices": self.stages} if pooling == "style" else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = ImageClassifier(model, num_classes=0, pretrained=pretrained, **extra).eval().to(self.device)
+            self.model = ImageClassifier(
+                model, num_classes=0, pretrained=pretrained, input_size=input_size, param="phi.pretrained", **extra
+            ).eval().to(self.device)
+        #: None: the data's image size; (H, W): every batch is resized to it first (`input_size: auto` or pixels)
+        self.input_size = self.model.input_size
+
+    def to(self, device):
+        self.device = str(device)
+        self.model.to(self.device)
+        return self
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -144,7 +161,10 @@ class TimmFeatures(FeatureExtractor):
         return np.concatenate(out)
 
     def fingerprint(self):
-        h = hashlib.sha256(f"timm:{self.model_name}:{self.pretrained}:{self.seed}:{self.pooling}:{self.stages}".encode())
+        spec = f"timm:{self.model_name}:{self.pretrained}:{self.seed}:{self.pooling}:{self.stages}"
+        if self.input_size is not None:  # only when set, so the default φ keeps its fingerprint
+            spec += f":resize{self.input_size}"
+        h = hashlib.sha256(spec.encode())
         for tensor in self.model.state_dict().values():
             h.update(tensor.detach().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
