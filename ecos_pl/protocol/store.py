@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecos_pl.protocol.messages import SCHEMA_VERSION
 from ecos_pl.protocol.samplers import Sampler, Selection
 
 #: bump when what a selection depends on changes, so stale artifacts are not reused.
@@ -23,7 +24,8 @@ STORE_VERSION = 1
 
 def selection_key(*parts) -> str:
     """A short hash of everything that determines a selection (JSON-able parts, or bytes/arrays)."""
-    h = hashlib.sha256(f"ecos-selection-v{STORE_VERSION}".encode())
+    # the message schema too: an artifact records the messages' sizes, which change with the wire format
+    h = hashlib.sha256(f"ecos-selection-v{STORE_VERSION}-messages-v{SCHEMA_VERSION}".encode())
     for part in parts:
         if isinstance(part, np.ndarray):
             h.update(np.ascontiguousarray(part).tobytes())
