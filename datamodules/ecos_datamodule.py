@@ -162,6 +162,8 @@ class ECOSDataModule(pl.LightningDataModule):
         is_zero = trainer.is_global_zero if trainer is not None else True
         path = self.selection_path()
         reused = path is not None and self.reuse_selection and path.is_file()
+        if world > 1 and not reused:  # every rank runs φ on its share of the pool; rank zero writes the feature cache
+            self.compute_pool_features(trainer.strategy)
         if is_zero and not reused:
             selection, extra = self._run_protocol(data)
             if path is not None:
@@ -179,6 +181,7 @@ class ECOSDataModule(pl.LightningDataModule):
         self.report.update(label_report)
         self.report["selection_artifact"] = None if path is None else str(path)
         self.report["selection_reused"] = bool(reused)
+        self.report["feature_cache"] = self.feature_cache_info  # None when the selection was reused (no φ run)
         self.report["proxy_set_sha1_per_rank"] = self._check_same_proxy_set(trainer, world)
         log.info(
             "proxy set: %d of %d pool samples by %s, in-domain fraction %s%s",

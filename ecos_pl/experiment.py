@@ -116,6 +116,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         "world_size": trainer.world_size,
         "selection_reused": report["selection_reused"],
         "selection_artifact": report["selection_artifact"],
+        "feature_cache": report.get("feature_cache"),
         # written by callbacks.SamplingDiagnostics when it is configured
         **{k: report[k] for k in ("figures", "diagnostics_files", "composition_by_class", "score_concentration") if k in report},
         "n_pool": report["n_pool"],

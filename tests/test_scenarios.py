@@ -179,3 +179,21 @@ def test_client_data_reference_trains_on_the_client(tmp_path):
     assert res["n_selected"] == res["n_trained"] == res["n_client_train"]
     assert res["in_domain_fraction"] == 1.0
     assert res["bytes_up"] == res["bytes_down"] == 0 and "labels_bought" not in res
+
+
+def test_backbone_settings_reach_the_trained_model():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ecos_pl.scenarios.labelled import build_labelled
+
+    cfg = OmegaConf.create({"seed": 1, "scenario": {"lr": 0.1},
+                            "backbone": {"student": "test_resnet", "pretrained": False, "input_size": 48}})
+    dm = SimpleNamespace(data=SimpleNamespace(num_classes=3))
+    module, extra = build_labelled(cfg, dm, make_trainer=None)
+    assert module.model.input_size == (48, 48) and module.model.num_classes == 3
+    assert extra == {"teacher_test_acc": None}
+    cfg.backbone.pretrained = "/nonexistent/weights.safetensors"
+    with pytest.raises(FileNotFoundError, match="backbone.pretrained="):
+        build_labelled(cfg, dm, make_trainer=None)

@@ -47,10 +47,13 @@ class ProxyTrainingModule(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         augment_pad: int = 4,
+        input_size: int | str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "teacher"])  # modules are saved as weights, not hparams
-        self.model = model if model is not None else ImageClassifier(arch, num_classes, pretrained=pretrained)
+        self.model = model if model is not None else ImageClassifier(
+            arch, num_classes, pretrained=pretrained, input_size=input_size, param="backbone.pretrained"
+        )
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 

@@ -53,12 +53,13 @@ def build_compression(cfg, datamodule, make_trainer):
         seed=cfg.seed,
         cache_dir=cfg.cache_dir,
         make_trainer=make_trainer,
+        input_size=cfg.backbone.get("input_size"),
     )
     with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path
         torch.manual_seed(cfg.seed)
         module = DistillationModule(
             teacher, temperature=sc.temperature, arch=cfg.backbone.student, num_classes=num_classes, lr=sc.lr,
-            pretrained=cfg.backbone.get("pretrained", False),
+            pretrained=cfg.backbone.get("pretrained", False), input_size=cfg.backbone.get("input_size"),
         )
     teacher_acc = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
     return module, {"teacher_test_acc": teacher_acc, "teacher_origin": info["origin"], "teacher_path": info["path"]}

@@ -19,6 +19,6 @@ def build_labelled(cfg, datamodule, make_trainer):
         torch.manual_seed(cfg.seed)
         module = SupervisedModule(
             arch=cfg.backbone.student, num_classes=num_classes, lr=cfg.scenario.lr,
-            pretrained=cfg.backbone.get("pretrained", False),
+            pretrained=cfg.backbone.get("pretrained", False), input_size=cfg.backbone.get("input_size"),
         )
     return module, {"teacher_test_acc": None}

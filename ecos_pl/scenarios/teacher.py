@@ -39,7 +39,7 @@ def save_classifier(model: ImageClassifier, path: Path, meta: dict | None = None
             os.unlink(tmp)
 
 
-def load_classifier(path: str | os.PathLike, arch: str, num_classes: int) -> ImageClassifier:
+def load_classifier(path: str | os.PathLike, arch: str, num_classes: int, input_size: int | str | None = None) -> ImageClassifier:
     """Load our teacher format or a Lightning checkpoint; a mismatching architecture is one clear error."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -54,7 +54,7 @@ def load_classifier(path: str | os.PathLike, arch: str, num_classes: int) -> Ima
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of one of our modules
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     with torch.random.fork_rng(devices=[]):  # loading weights must not move the global RNG
-        model = ImageClassifier(arch, num_classes)
+        model = ImageClassifier(arch, num_classes, input_size=input_size)
     try:
         model.load_state_dict(state, strict=True)
         model.eval()
@@ -86,22 +86,25 @@ def obtain_teacher(
     seed: int = 1,
     cache_dir: str | os.PathLike | None = None,
     make_trainer: Callable[..., pl.Trainer],
+    input_size: int | str | None = None,
 ) -> tuple[nn.Module, dict]:
     """(teacher in eval mode, {"origin", "path"}): from `checkpoint`, from the cache, or trained now."""
     if checkpoint:
-        return load_classifier(checkpoint, arch, num_classes).eval(), {"origin": "checkpoint", "path": str(checkpoint)}
+        return load_classifier(checkpoint, arch, num_classes, input_size).eval(), {"origin": "checkpoint", "path": str(checkpoint)}
     if source not in TEACHER_SOURCES:
         raise ValueError(f"teacher.source={source!r} is not one of {', '.join(TEACHER_SOURCES)} (or give teacher.checkpoint).")
     spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 1}
+    if input_size is not None:  # only then: the default keeps its cache key
+        spec["input_size"] = input_size
     path = Path(cache_dir or Path.home() / ".cache" / "ecos-pl").expanduser() / "teachers" / f"teacher-{_fingerprint(datamodule, spec)}.pt"
     if path.is_file():
         try:
-            return load_classifier(path, arch, num_classes).eval(), {"origin": "cache", "path": str(path)}
+            return load_classifier(path, arch, num_classes, input_size).eval(), {"origin": "cache", "path": str(path)}
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, not fatal
             path.unlink(missing_ok=True)
     with torch.random.fork_rng(devices=[]):
         pl.seed_everything(seed, workers=True, verbose=False)
-        module = SupervisedModule(arch=arch, num_classes=num_classes, lr=lr)
+        module = SupervisedModule(arch=arch, num_classes=num_classes, lr=lr, input_size=input_size)
         loader = datamodule.client_train_dataloader() if source == "client" else datamodule.pool_dataloader()
         make_trainer(max_epochs=epochs).fit(module, train_dataloaders=loader)
     save_classifier(module.model, path, meta=spec)
