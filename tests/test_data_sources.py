@@ -377,10 +377,11 @@ def test_train_py_on_a_folders_tree(tmp_path):
         "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "trainer=cpu",
         "phi=pca", "phi.n_components=8", "budget=20", "n_centroids=6", "logger=none", "callbacks=none",
         f"hydra.run.dir={tmp_path / 'run'}", f"results_file={results}",
-        f"+trainer.default_root_dir={tmp_path / 'run'}",  # with no logger, Lightning's checkpoints would land in the cwd
     ]
+    before = set(ROOT.glob("checkpoints/*"))
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(ROOT.glob("checkpoints/*")) == before  # with no logger, checkpoints go to the run folder, not the cwd
     res = json.loads(results.read_text())
     assert set(RESULT_KEYS) <= res.keys()
     assert res["data"] == "folders" and res["n_selected"] == 20 and res["n_centroids"] == 6
