@@ -279,6 +279,8 @@ class ECOSDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            # a last training batch of one sample cannot go through batch-norm; any other size is kept
+            drop_last=train and len(dataset) % self.batch_size == 1,
             generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -197,3 +197,17 @@ def test_backbone_settings_reach_the_trained_model():
     cfg.backbone.pretrained = "/nonexistent/weights.safetensors"
     with pytest.raises(FileNotFoundError, match="backbone.pretrained="):
         build_labelled(cfg, dm, make_trainer=None)
+
+
+def test_a_training_set_one_past_a_full_batch_trains(tmp_path):
+    # labels dropped by a scenario can leave 64k + 1 samples; a last batch of one breaks batch-norm
+    from datamodules.ecos_datamodule import ECOSDataModule, ImageArrayDataset
+
+    dm = ECOSDataModule.__new__(ECOSDataModule)
+    dm.batch_size, dm.eval_batch_size, dm.seed, dm.num_workers = 4, 8, 1, 0
+    split = DomainSplit(np.zeros((9, 4, 4, 3), np.uint8), np.zeros(9, np.int64), np.zeros(9, np.int64))
+    sizes = [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=True)]
+    assert sizes == [4, 4]
+    split = DomainSplit(np.zeros((10, 4, 4, 3), np.uint8), np.zeros(10, np.int64), np.zeros(10, np.int64))
+    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=True)] == [4, 4, 2]
+    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=False)] == [8, 2]
