@@ -295,3 +295,20 @@ def test_images_phi_file_and_phi_checks(tmp_path):
     out = ok(client.main, "label", "--proxy-features", tmp_path / "pf.ecos", "--phi", tmp_path / "cloud1/phi.safetensors",
              "--images", tmp_path / "mine", "--k", 5, "--sigma", "none", "--out", tmp_path / "labels.ecos")
     assert "0=a, 1=b" in out and "ε = ∞" in out
+
+
+def test_programs_default_to_train_py_sampler_settings():
+    """The programs take ECOSSampler's defaults; they must be train.py's config, or the walkthrough drifts."""
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+
+    from ecos_pl.protocol.samplers import ECOSSampler
+
+    defaults = {k: p.default for k, p in inspect.signature(ECOSSampler).parameters.items()}
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("train")
+    for key, value in cfg.sampler.items():
+        if key != "_target_":
+            assert defaults[key] == value, key
+    assert defaults["n_centroids"] == cfg.n_centroids

@@ -64,8 +64,8 @@ class ECOSSampler(Sampler):
 
     def __init__(
         self,
-        n_centroids: int = 64,
-        temperature: float = 1.0,
+        n_centroids: int = 128,  # the app's defaults (conf/): ECOS.md's are R = 64, τ = 1; see README "Choices"
+        temperature: float = 0.5,
         send_radii: bool = False,
         radius_quantile: float = 0.9,
         niter: int = 25,
