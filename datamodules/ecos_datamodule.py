@@ -138,6 +138,13 @@ class ECOSDataModule(pl.LightningDataModule):
         )
         return self._pool_features
 
+    @property
+    def client_features(self) -> np.ndarray:
+        """φ of the client's training split, computed once (the protocol and the pseudo-label round both need it)."""
+        if getattr(self, "_client_features", None) is None:
+            self._client_features = self.phi.transform(self.load_data().client_train.images)
+        return self._client_features
+
     def selection_path(self) -> Path | None:
         """Where this configuration's selection lives; computed once (φ's fingerprint may change once it is fitted)."""
         if self.cache_dir is None:
@@ -193,7 +200,7 @@ class ECOSDataModule(pl.LightningDataModule):
         t0 = time.perf_counter()
         pool_features = self.pool_features
         t1 = time.perf_counter()
-        client_features = self.phi.transform(data.client_train.images)
+        client_features = self.client_features
         t2 = time.perf_counter()
         client = ECOSClient(client_features, epsilon=self.client_epsilon, seed=self.seed)
         budget = self.budget if self.sampler.uses_budget else None
@@ -216,7 +223,7 @@ class ECOSDataModule(pl.LightningDataModule):
         return LabelRequest(
             proxy=self.proxy,
             proxy_features=lambda: self.pool_features[sel.indices],
-            client_features=lambda: self.phi.transform(data.client_train.images),
+            client_features=lambda: self.client_features,
             client_labels=data.client_train.labels,
             num_classes=data.num_classes,
             seed=self.seed,
