@@ -51,6 +51,20 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     return opts, overrides
 
 
+def config_sha1(overrides: list[str]) -> str:
+    """Hash of the run's composed config (interpolations unresolved, `results_file` left out).
+
+    A kept run is reused only when its config hash matches, so changing a config file
+    (not only the command line) reruns the runs it affects instead of reusing stale ones.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[o for o in overrides if not o.startswith("results_file=")])
+    return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
+
+
 def mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -84,16 +98,23 @@ def main(argv: list[str]) -> int:
     for sampler in opts["samplers"]:
         for seed in opts["seeds"]:
             result_file = runs_dir / f"{sampler}-seed{seed}.json"
-            if not result_file.exists():
-                cmd = [sys.executable, "train.py", f"sampler={sampler}", f"seed={seed}", "logger=csv",
-                       f"results_file={result_file}", *overrides]
+            run_overrides = [f"sampler={sampler}", f"seed={seed}", "logger=csv", *overrides]
+            config = config_sha1(run_overrides)
+            kept = json.loads(result_file.read_text()) if result_file.exists() else None
+            if kept is not None and kept.get("config_sha1") != config:
+                print(f"[{time.strftime('%H:%M:%S')}] {result_file.name}: its config changed since it ran; running it again", flush=True)
+                kept = None
+            if kept is None:
+                cmd = [sys.executable, "train.py", *run_overrides, f"results_file={result_file}"]
                 print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
                 proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
                     print(f"run failed: sampler={sampler} seed={seed}", file=sys.stderr)
                     return 1
-            rows.setdefault(sampler, []).append(json.loads(result_file.read_text()))
+                kept = json.loads(result_file.read_text())
+                write_json_atomic({**kept, "config_sha1": config}, result_file)
+            rows.setdefault(sampler, []).append(kept)
     title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f" ({' '.join(overrides)})" if overrides else "")
     table = markdown(rows, title)
     print(table)

@@ -347,17 +347,17 @@ def _phi_state(phi) -> dict:
     """The tensors that, with the config, rebuild `phi` exactly."""
     import torch
 
-    from ecos_pl.phi import PCAPixels, TimmFeatures
+    from ecos_pl.phi import PCAProjected, TimmFeatures
 
     if isinstance(phi, TimmFeatures):
         return {f"model.{k}": v.detach().cpu().contiguous() for k, v in phi.model.state_dict().items()}
-    if isinstance(phi, PCAPixels):
+    if isinstance(phi, PCAProjected):
         pca = getattr(phi, "_pca", None)
         if pca is None:
-            raise ECOSInputError("φ (PCA pixels) was never fitted, so it cannot be saved.")
+            raise ECOSInputError(f"φ ({type(phi).__name__}) was never fitted, so it cannot be saved.")
         arrays = {"components_": pca.components_, "mean_": pca.mean_, "explained_variance_": pca.explained_variance_}
         return {f"pca.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    raise ECOSInputError(f"φ of type {type(phi).__name__} cannot be saved to a φ file (only timm and PCA φ can).")
+    raise ECOSInputError(f"φ of type {type(phi).__name__} cannot be saved to a φ file (only timm and PCA-projected φ can).")
 
 
 def _probe_images(size: int) -> np.ndarray:
@@ -379,7 +379,7 @@ def load_phi(path, flag: str = "--phi"):
     """(φ, its image size) from a φ file; checks that the rebuilt φ has the saved fingerprint and features."""
     from safetensors import safe_open
 
-    from ecos_pl.phi import PCAPixels, TimmFeatures
+    from ecos_pl.phi import PCAProjected, TimmFeatures
 
     p = existing_file(path, flag)
     try:
@@ -400,7 +400,7 @@ def load_phi(path, flag: str = "--phi"):
             state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
             phi.model.load_state_dict(state, strict=True)
             phi.pretrained = original_pretrained  # part of the fingerprint
-        elif isinstance(phi, PCAPixels):
+        elif isinstance(phi, PCAProjected):
             from sklearn.decomposition import PCA
 
             comps = tensors["pca.components_"].numpy()

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit
+from ecos_pl.phi import FeatureExtractor
 from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
 from ecos_pl.protocol.messages import ProxyFeaturesMessage
 
@@ -54,12 +55,19 @@ class AnnotatorLabels(ProxyLabels):
 
 
 class ClientKNNLabels(ProxyLabels):
-    """The client labels the proxy set by a noisy k-NN vote over its labelled samples (Private-kNN / PATE)."""
+    """The client labels the proxy set by a noisy k-NN vote over its labelled samples (Private-kNN / PATE).
+
+    `phi`: the features the vote is taken in. None: the protocol's φ, which keeps
+    style and so labels poorly; a φ of its own (`HOGFeatures` by default, fitted by
+    the cloud on the pool) keeps the strokes instead. Either way both sides know it
+    and the cloud sends the proxy set's features in it.
+    """
 
     name = "client_knn"
 
-    def __init__(self, k: int = 10, sigma: float | None = 2.0, threshold: float | None = 0.5, delta: float = 1e-5):
-        self.k, self.sigma, self.threshold, self.delta = k, sigma, threshold, delta
+    def __init__(self, k: int = 10, sigma: float | None = 2.0, threshold: float | None = 0.5, delta: float = 1e-5,
+                 phi: FeatureExtractor | None = None):
+        self.k, self.sigma, self.threshold, self.delta, self.phi = k, sigma, threshold, delta, phi
 
     def assign(self, request):
         down = ProxyFeaturesMessage(request.proxy_features())
@@ -81,6 +89,8 @@ class ClientKNNLabels(ProxyLabels):
             "label_seconds": client.seconds,
             "label_sigma": self.sigma,
             "label_k": self.k,
+            "label_phi": "protocol" if self.phi is None else self.phi.name,
+            "label_feature_dim": down.dim,
             "label_delta": self.delta,
             # ε of the whole exchange at δ: B noisy-max answers composed with the scores' Laplace release
             "label_epsilon": label_epsilon(self.sigma, len(targets), self.delta),
