@@ -147,7 +147,13 @@ def test_pseudo_label_end_to_end_and_equal_steps_for_full(tmp_path):
     assert res["labels_dropped"] + res["n_trained"] == res["n_selected"] == 120
     assert 0.0 <= res["pseudo_label_acc"] <= 1.0
     assert res["label_bytes_up"] == HEADER_BYTES + 2 * 120
-    assert res["label_bytes_down"] > 120 * 4 * 8
+    # the vote is taken in the labelling φ (HOG, 64 components), which labels far better than the protocol's style φ
+    assert res["label_phi"] == "hog" and res["label_feature_dim"] == 64
+    assert res["label_bytes_down"] == HEADER_BYTES + 120 * 4 * 64
+    same_phi, _ = run_train(tmp_path / "same", "scenario=pseudo_label", "sampler=ecos", "scenario.labels.sigma=1.0",
+                            "scenario.labels.phi=null", tiny=LABELLED)
+    assert same_phi["label_phi"] == "protocol" and same_phi["proxy_set_sha1"] == res["proxy_set_sha1"]
+    assert res["pseudo_label_acc"] > same_phi["pseudo_label_acc"] + 0.2
     assert res["exchange_epsilon"] is None  # exact scores were released: the exchange is not private
     assert res["label_epsilon"] > 0
     assert "pseudo-label accuracy" in proc.stdout
@@ -211,3 +217,49 @@ def test_a_training_set_one_past_a_full_batch_trains(tmp_path):
     split = DomainSplit(np.zeros((10, 4, 4, 3), np.uint8), np.zeros(10, np.int64), np.zeros(10, np.int64))
     assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=True)] == [4, 4, 2]
     assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=False)] == [8, 2]
+
+
+# ------------------------------------------------------------------ the labelling φ
+
+
+def _digit_images(n=40, seed=0):
+    """Random bright strokes on a coloured background: enough structure for gradients."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 16, 16, 3), dtype=np.uint8)
+    images[:] = rng.integers(0, 256, size=(n, 1, 1, 3), dtype=np.uint8)
+    for i in range(n):
+        r, c = rng.integers(2, 12, size=2)
+        images[i, r : r + 4, c : c + 2] = 255 - images[i, 0, 0]
+    return images
+
+
+def test_hog_phi_ignores_colour_and_polarity_and_is_fitted_deterministically():
+    from ecos_pl.phi import HOGFeatures, PCAPixels
+
+    images = _digit_images()
+    phi = HOGFeatures(n_components=8, seed=3).fit(images)
+    feats = phi.transform(images)
+    assert feats.shape == (len(images), 8)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    # an inverted image has the same unsigned gradients: the same HOG features, while PCA pixels differ
+    np.testing.assert_allclose(phi.transform(255 - images), feats, atol=1e-4)
+    pixels = PCAPixels(n_components=8, seed=3).fit(images)
+    assert not np.allclose(pixels.transform(255 - images), pixels.transform(images), atol=1e-2)
+    # same seed and settings, same φ; other settings, another fingerprint
+    assert HOGFeatures(n_components=8, seed=3).fit(images).fingerprint() == phi.fingerprint()
+    assert HOGFeatures(n_components=8, seed=3, pixels_per_cell=8).fit(images).fingerprint() != phi.fingerprint()
+
+
+def test_pca_phi_fits_on_a_seeded_subsample_of_a_large_pool(monkeypatch):
+    from ecos_pl.phi import PCAPixels
+
+    images = _digit_images(60)
+    monkeypatch.setattr(PCAPixels, "fit_rows", 30)
+    a, b = PCAPixels(n_components=4, seed=1).fit(images), PCAPixels(n_components=4, seed=1).fit(images)
+    assert a.fingerprint() == b.fingerprint()
+    np.testing.assert_array_equal(a._pca.mean_, b._pca.mean_)
+    assert not np.allclose(PCAPixels(n_components=4, seed=2).fit(images)._pca.mean_, a._pca.mean_)  # another subsample
+    monkeypatch.setattr(PCAPixels, "fit_rows", 100_000)
+    whole = PCAPixels(n_components=4, seed=1).fit(images)._pca.mean_
+    np.testing.assert_allclose(whole, images.reshape(60, -1).mean(0) / 255.0, rtol=1e-5)
+    assert not np.allclose(whole, a._pca.mean_)
