@@ -152,13 +152,21 @@ class ECOSDataModule(pl.LightningDataModule):
         if getattr(self, "_selection_path", None) is not None:
             return self._selection_path
         data = self.load_data()
+        content = data.meta.get("data_key")
+        if content:  # on-disk sources: their decode-cache key (every file's path, size, mtime; image size; split) names the pixels
+            data_parts = (f"decoded:{content}", data.pool.labels, data.pool.domains)
+        else:  # data built in memory: its pixels (what the README's artifacts were keyed by)
+            data_parts = (data.pool.images, data.pool.labels, data.pool.domains, data.client_train.images)
         key = selection_key(
-            data.name, data.pool.images, data.pool.labels, data.pool.domains, data.client_train.images,
-            self.phi.fingerprint(), sampler_spec(self.sampler), self.budget if self.sampler.uses_budget else None,
+            data.name, *data_parts, self.phi.fingerprint(), sampler_spec(self.sampler), self.budget if self.sampler.uses_budget else None,
             self.seed, self.client_epsilon,
         )
         self._selection_path = Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
         return self._selection_path
+
+    def _selection_reusable(self) -> bool:
+        path = self.selection_path()
+        return path is not None and self.reuse_selection and path.is_file()
 
     def setup(self, stage: str | None = None) -> None:
         if self.selection is not None:

@@ -123,17 +123,52 @@ def test_folders_deterministic_and_seeded(tree):
 def test_folders_cache_is_reused_and_invalidated(tree, tmp_path):
     cache = tmp_path / "cache"
     a = Folders(tree, "a", cache_dir=cache).load()
-    files = sorted(cache.iterdir())
-    assert [f.name for f in files] == [Path(a.meta["cache_path"]).name] and files[0].suffix == ".npz"
+    entry = Path(a.meta["cache_path"])
+    assert [f.name for f in cache.iterdir()] == [entry.name] and entry.is_dir()
+    assert sorted(f.name for f in entry.iterdir()) == ["arrays.npz", "client_test.npy", "client_train.npy", "pool.npy"]
     b = Folders(tree, "a", cache_dir=cache).load()
     assert b.meta["cache_path"] == a.meta["cache_path"] and np.array_equal(a.pool.images, b.pool.images)
-    # a changed file is a different key: a new cache file, with the new pixels
+    assert b.meta["data_key"] == a.meta["data_key"] and entry.name.endswith(a.meta["data_key"])
+    # a changed file is a different key: a new cache entry, with the new pixels
     changed = tree / paths(a, "pool")[0]
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(changed)
     os.utime(changed, ns=(1, 1))
     c = Folders(tree, "a", cache_dir=cache).load()
     assert c.meta["cache_path"] != a.meta["cache_path"] and (c.pool.images[0] == 7).all()
+    assert c.meta["data_key"] != a.meta["data_key"]
     assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*"))
+
+
+def test_cached_pool_is_a_read_only_memory_map_read_in_batches(tree, tmp_path):
+    """The decoded pool lives on disk as uint8 .npy memory maps; subsets copy only their rows."""
+    cache = tmp_path / "cache"
+    fresh = Folders(tree, "a", cache_dir=cache).load()  # decoded straight into the cache
+    again = Folders(tree, "a", cache_dir=cache).load()  # opened from it
+    plain = Folders(tree, "a").load()  # no cache: in memory
+    for data in (fresh, again):
+        for split in SPLITS:
+            images = getattr(data, split).images
+            assert isinstance(images, np.memmap) and not images.flags.writeable and images.dtype == np.uint8
+            np.testing.assert_array_equal(images, getattr(plain, split).images)
+    assert not isinstance(plain.pool.images, np.memmap)
+    part = again.pool.subset(np.array([3, 0, 5]))
+    assert not isinstance(part.images, np.memmap) and part.images.flags.writeable
+    np.testing.assert_array_equal(part.images, plain.pool.images[[3, 0, 5]])
+    check_consistent(again)
+
+
+def test_skipped_files_are_compacted_out_of_the_cached_memory_map(tree, tmp_path):
+    (tree / "b" / "y" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.warns(UserWarning, match="broken.png"):
+        cached = Folders(tree, "a", cache_dir=tmp_path / "cache").load()
+    with pytest.warns(UserWarning, match="broken.png"):
+        plain = Folders(tree, "a").load()
+    assert isinstance(cached.pool.images, np.memmap) and cached.meta["skipped"] == ["b/y/broken.png"]
+    np.testing.assert_array_equal(cached.pool.images, plain.pool.images)
+    assert paths(cached, "pool") == paths(plain, "pool")
+    entry = Path(cached.meta["cache_path"])
+    assert sorted(f.name for f in entry.iterdir()) == ["arrays.npz", "client_test.npy", "client_train.npy", "pool.npy"]
+    check_consistent(cached)
 
 
 def test_folders_max_per_domain(tree):

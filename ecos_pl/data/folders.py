@@ -23,8 +23,8 @@ order; the same inputs and seed give the same files in the same order.
 Shared with `digits5` and `domainnet`: `scan_domain` (listing), `carve_client` and
 `cap_images` (seeded choices), `SplitBuilder` -> `PathSplits` (a split as relative file
 paths, no pixels: what a CLI needs to name the proxy set by file), and `load_splits`
-(threaded decoding with skip-warnings, and the npz cache keyed by every file's size and
-modification time).
+(threaded decoding with skip-warnings, and the on-disk cache of uint8 `.npy` memory maps keyed
+by every file's size and modification time).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import logging
 import numbers
 import os
-import tempfile
+import shutil
 import time
 import warnings
 from collections.abc import Iterable
@@ -52,7 +52,7 @@ from ecos_pl.protocol.errors import ECOSInputError, check_count
 log = logging.getLogger(__name__)
 
 #: bump when decoding or the cache format changes; it is part of the cache key.
-VERSION = 1
+VERSION = 2  # 2: one uint8 .npy memory map per split
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 SPLITS = ("pool", "client_train", "client_test")
@@ -372,9 +372,12 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def decode_all(root: Path, paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """(images [N, size, size, 3], ok mask [N], [(path, reason)] of the files that could not be decoded)."""
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+def decode_all(root: Path, paths: list[str], size: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """(images [N, size, size, 3], ok mask [N], [(path, reason)] of the files that could not be decoded).
+
+    `out`: where to decode to (a memory map on disk for large trees); by default a new array in memory.
+    """
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8) if out is None else out
     ok = np.ones(len(paths), dtype=bool)
 
     def block(start: int) -> list[tuple[int, str]]:
@@ -383,6 +386,7 @@ def decode_all(root: Path, paths: list[str], size: int) -> tuple[np.ndarray, np.
             try:
                 images[i] = decode_image(root / paths[i], size)
             except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with a warning, never a crash
+                images[i] = 0
                 failed.append((i, f"{type(err).__name__}: {err}"))
         return failed
 
@@ -434,80 +438,142 @@ def cache_key(splits: PathSplits, image_size: int) -> str:
     return h.hexdigest()[:24]
 
 
-def _load_cache(path: Path, key: str) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
+#: the small arrays of a decoded cache entry (labels, domains, paths, key); written last, so it marks a complete entry.
+_ARRAYS = "arrays.npz"
+#: rows copied at a time when a split is compacted (files that could not be decoded removed).
+_COPY_ROWS = 4096
+
+
+def _images_file(folder: Path, split: str) -> Path:
+    return folder / f"{split}.npy"
+
+
+def _load_cache(folder: Path, key: str) -> dict[str, np.ndarray] | None:
+    """A complete cache entry: small arrays in memory, each split's images as a read-only memory map."""
+    if not (folder / _ARRAYS).is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(folder / _ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if str(arrays["key"]) != key:
             raise ValueError("key mismatch")
         for s in SPLITS:  # validates shapes and dtypes
+            arrays[f"{s}_images"] = np.load(_images_file(folder, s), mmap_mode="r", allow_pickle=False)
             DomainSplit(arrays[f"{s}_images"], arrays[f"{s}_labels"], arrays[f"{s}_domains"])
             if len(arrays[f"{s}_paths"]) != len(arrays[f"{s}_images"]):
                 raise ValueError(f"{s}: paths and images differ in length")
         return arrays
     except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt, never fatal
-        warnings.warn(f"data cache {path} is unreadable ({err!r}); rebuilding it.", stacklevel=3)
+        warnings.warn(f"data cache {folder} is unreadable ({err!r}); rebuilding it.", stacklevel=3)
         return None
 
 
-def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as err:  # a read-only cache folder costs a rebuild next time, not the run
-        warnings.warn(f"could not write the data cache {path} ({err!r}); continuing without it.", stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+def _compact(images: np.ndarray, keep: np.ndarray, tmp: Path | None) -> np.ndarray:
+    """`images[keep]`, copied block by block into a new `.npy` memory map at `tmp` (or in memory when `tmp` is None)."""
+    if keep.all():
+        return images
+    if tmp is None:
+        return images[keep]
+    rows = np.flatnonzero(keep)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), *images.shape[1:]))
+    for start in range(0, len(rows), _COPY_ROWS):
+        out[start : start + _COPY_ROWS] = images[rows[start : start + _COPY_ROWS]]
+    return out
 
 
-def _decode_splits(splits: PathSplits, image_size: int, key: str) -> dict[str, np.ndarray]:
-    order = [(s, i) for s in SPLITS for i in range(len(splits.paths[s]))]
-    flat = [splits.paths[s][i] for s, i in order]
+def _decode_splits(splits: PathSplits, image_size: int, key: str, folder: Path | None = None) -> dict[str, np.ndarray]:
+    """Decode every split; with `folder`, each split's images stream into `folder/<split>.npy` (uint8 memory maps)."""
     t0 = time.perf_counter()
-    images, ok, skipped = decode_all(splits.root, flat, image_size)
-    log.info("decoded %d images of %s in %.1f s", len(flat), splits.root, time.perf_counter() - t0)
-    warn_skipped(skipped, splits.root)
     arrays: dict[str, np.ndarray] = {"key": np.array(key)}
-    start = 0
+    skipped: list[tuple[str, str]] = []
     for s in SPLITS:
-        n = len(splits.paths[s])
-        keep = ok[start : start + n]
-        arrays[f"{s}_images"] = images[start : start + n][keep]
+        paths = splits.paths[s]
+        out = None
+        if folder is not None:
+            shape = (len(paths), image_size, image_size, 3)
+            out = np.lib.format.open_memmap(folder / f"{s}.all.npy", mode="w+", dtype=np.uint8, shape=shape)
+        images, keep, failed = decode_all(splits.root, paths, image_size, out)
+        skipped += failed
+        images = _compact(images, keep, None if folder is None else _images_file(folder, s))
+        if folder is not None:
+            images.flush()
+            if images is out:
+                os.replace(folder / f"{s}.all.npy", _images_file(folder, s))
+            else:
+                del out
+                (folder / f"{s}.all.npy").unlink()
+            images = np.load(_images_file(folder, s), mmap_mode="r", allow_pickle=False)
+        arrays[f"{s}_images"] = images
         arrays[f"{s}_labels"] = splits.labels[s][keep]
         arrays[f"{s}_domains"] = splits.domains[s][keep]
-        arrays[f"{s}_paths"] = np.array([p for p, k in zip(splits.paths[s], keep) if k], dtype=str)
-        start += n
+        arrays[f"{s}_paths"] = np.array([p for p, k in zip(paths, keep) if k], dtype=str)
+    log.info("decoded %d images of %s in %.1f s", len(splits), splits.root, time.perf_counter() - t0)
+    warn_skipped(skipped, splits.root)
     arrays["skipped"] = np.array([p for p, _ in skipped], dtype=str)
     check_nonempty({s: len(arrays[f"{s}_images"]) for s in SPLITS}, splits.root, splits.client_domain, "images that can be decoded")
     return arrays
+
+
+def _decode_to_cache(splits: PathSplits, image_size: int, key: str, folder: Path) -> dict[str, np.ndarray]:
+    """Decode into a temporary folder next to `folder`, then rename it; nothing is left behind if decoding fails.
+
+    A cache folder that cannot be written costs a decode in memory (and a warning), not the run.
+    """
+    parent_existed = folder.parent.exists()
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        warnings.warn(f"could not write the data cache {folder} ({err!r}); continuing without it.", stacklevel=3)
+        return _decode_splits(splits, image_size, key)
+    try:
+        arrays = _decode_splits(splits, image_size, key, tmp)
+        small = {k: v for k, v in arrays.items() if not k.endswith("_images")}
+        with open(tmp / _ARRAYS, "wb") as f:
+            np.savez(f, **small)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process put the same entry in place first: use it
+            if not (folder / _ARRAYS).is_file():
+                raise
+        return _load_cache(folder, key) or arrays
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not parent_existed:
+            try:
+                folder.parent.rmdir()  # only when empty: a failed first decode leaves no cache folder
+            except OSError:
+                pass
 
 
 def load_splits(splits: PathSplits, image_size: int, cache_dir=None) -> ECOSData:
     """Decode every file of `splits` (or read them from the cache) into an `ECOSData`.
 
     Undecodable files are skipped with a warning naming them (and listed in `meta["skipped"]`);
-    if that empties a split, one clear error. With `cache_dir`, the arrays are stored as
-    `<cache_dir>/<name>-<key>.npz` (temporary name, then rename), keyed by the split, every
-    file's size and modification time, and `image_size`; nothing is written before all checks pass.
+    if that empties a split, one clear error. With `cache_dir`, the entry is the folder
+    `<cache_dir>/<name>-<key>/`: each split's images as a uint8 `.npy` file (`pool.npy`,
+    `client_train.npy`, `client_test.npy`), decoded straight into a memory map block by block,
+    and `arrays.npz` (labels, domains, paths). It is built under a temporary name and renamed
+    once every check has passed; the images are then opened read-only with
+    `np.load(mmap_mode="r")`, so a pool of a million images is never held in memory and is read
+    in batches. `key` (also `meta["data_key"]`, the data's identity in the feature and selection
+    caches) hashes the split, every file's size and modification time, and `image_size`.
+    Without `cache_dir` everything is decoded in memory.
     """
     image_size = check_image_size(image_size)
     key = cache_key(splits, image_size)
-    path = None if cache_dir is None else Path(os.path.expandvars(str(cache_dir))).expanduser() / f"{splits.name}-{key}.npz"
-    arrays = None if path is None else _load_cache(path, key)
-    if arrays is None:
+    folder = None if cache_dir is None else Path(os.path.expandvars(str(cache_dir))).expanduser() / f"{splits.name}-{key}"
+    arrays = None if folder is None else _load_cache(folder, key)
+    if arrays is None and folder is not None:
+        if folder.exists():  # an unreadable or incomplete entry: rebuilt
+            shutil.rmtree(folder, ignore_errors=True)
+        arrays = _decode_to_cache(splits, image_size, key, folder)
+    elif arrays is None:
         arrays = _decode_splits(splits, image_size, key)
-        if path is not None:
-            _save_cache(path, arrays)
     elif len(arrays["skipped"]):
         warn_skipped([(str(p), "skipped when the cache was built") for p in arrays["skipped"]], splits.root)
-    return assemble(splits, arrays, image_size, path)
+    return assemble(splits, arrays, image_size, folder)
 
 
 def assemble(splits: PathSplits, arrays: dict[str, np.ndarray], image_size: int, cache_path: Path | None) -> ECOSData:
@@ -524,6 +590,7 @@ def assemble(splits: PathSplits, arrays: dict[str, np.ndarray], image_size: int,
         **{f"{s}_paths": [str(p) for p in arrays[f"{s}_paths"]] for s in SPLITS},
         "skipped": [str(p) for p in arrays["skipped"]],
         "cache_path": None if cache_path is None else str(cache_path),
+        "data_key": str(arrays["key"]),
     }
     return ECOSData(
         name=splits.name,

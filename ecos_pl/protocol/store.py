@@ -20,6 +20,8 @@ from ecos_pl.protocol.samplers import Sampler, Selection
 
 #: bump when what a selection depends on changes, so stale artifacts are not reused.
 STORE_VERSION = 1
+#: rows of an array hashed at a time
+HASH_ROWS = 4096
 
 
 def selection_key(*parts) -> str:
@@ -27,8 +29,10 @@ def selection_key(*parts) -> str:
     # the message schema too: an artifact records the messages' sizes, which change with the wire format
     h = hashlib.sha256(f"ecos-selection-v{STORE_VERSION}-messages-v{SCHEMA_VERSION}".encode())
     for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(np.ascontiguousarray(part).tobytes())
+        if isinstance(part, np.ndarray):  # row blocks: a memory-mapped array is never loaded whole (same hash)
+            rows = part.reshape(len(part), -1) if part.ndim else part.reshape(1)
+            for start in range(0, len(rows), HASH_ROWS):
+                h.update(np.ascontiguousarray(rows[start : start + HASH_ROWS]).tobytes())
         elif isinstance(part, (bytes, bytearray)):
             h.update(part)
         else:
