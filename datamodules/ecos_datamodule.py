@@ -92,6 +92,8 @@ class ECOSDataModule(pl.LightningDataModule):
         self.proxy_targets: np.ndarray | None = None
         self.data: ECOSData | None = None
         self._pool_features: np.ndarray | None = None
+        self._phi_fitted = False
+        self._data_id: str | None = None
         self.selection: Selection | None = None
         self.proxy: DomainSplit | None = None
         self.report: dict = {}
@@ -118,24 +120,66 @@ class ECOSDataModule(pl.LightningDataModule):
             self.compute_pool_features()
         return self._pool_features
 
-    def compute_pool_features(self, strategy=None) -> np.ndarray:
-        """Fit φ on the pool (the cloud's public data) and extract the pool's features.
+    def fit_phi(self) -> FeatureExtractor:
+        """Fit φ on the pool (the cloud's public data), once; deterministic, so every rank fits the same φ.
 
-        Under DDP every rank may call this with `trainer.strategy` before rank zero runs
-        the protocol: the ranks then share the forward passes and rank zero writes the
-        cache (`cached_features`). Called by rank zero alone (no strategy), it does all of it.
+        φ chooses what it reads (PCA: a seeded choice of at most `fit_rows` images of a
+        memory-mapped pool). The selection's key is fixed before the fit (as it always
+        was), so it does not depend on the order in which the two are asked for.
         """
-        from ecos_pl.feature_cache import array_fingerprint, cached_features
+        if not self._phi_fitted:
+            self.selection_path()
+            self.phi.fit(self.load_data().pool.images)
+            self._phi_fitted = True
+        return self.phi
 
-        data = self.load_data()
-        self.phi.fit(data.pool.images)
-        if self.cache_dir is None or not self.cache_features:
-            self._pool_features = self.phi.transform(data.pool.images)
-            return self._pool_features
-        data_id = f"{data.name}:{array_fingerprint(data.pool.images)}"
-        self._pool_features, self.feature_cache_info = cached_features(
-            self.cache_dir, self.phi, data.pool.images, data_id=data_id, dtype=self.feature_dtype, strategy=strategy
+    def data_id(self) -> str:
+        """The data's identity in cache keys: the on-disk source's decode-cache key, else a hash of the pool's pixels."""
+        if self._data_id is None:
+            from ecos_pl.feature_cache import array_fingerprint
+
+            data = self.load_data()
+            content = data.meta.get("data_key")
+            self._data_id = f"{data.name}:{content if content else array_fingerprint(data.pool.images)}"
+        return self._data_id
+
+    def predict_pool_features(self, trainer: pl.Trainer) -> dict | None:
+        """Extract the pool's φ features into the feature cache through `trainer.predict`, on every device of `trainer`.
+
+        `run_experiment` calls it on every rank before `trainer.fit`; `setup()` then only
+        opens the file. Nothing to do (None) without a feature cache (`cache_dir` None or
+        `cache_features` false: `setup()` computes the features in process), with a
+        reusable selection artifact (no φ needed), or with the features already cached.
+        Every rank takes the same decision: rank zero writes nothing before all ranks
+        are inside `predict`.
+        """
+        from ecos_pl.feature_cache import cache_entry, cache_valid
+        from ecos_pl.feature_predict import predict_pool_features
+
+        if self.cache_dir is None or not self.cache_features or self._selection_reusable():
+            return None
+        phi, pool = self.fit_phi(), self.load_data().pool.images
+        path, meta = cache_entry(self.cache_dir, phi, self.data_id(), self.feature_dtype)
+        if cache_valid(path, len(pool)):
+            return None
+        self.feature_cache_info = predict_pool_features(
+            trainer, phi, pool, path, meta, dtype=self.feature_dtype, num_workers=self.num_workers
         )
+        return self.feature_cache_info
+
+    def compute_pool_features(self) -> np.ndarray:
+        """φ of the pool, fitted first: from the feature cache (written first, in this process, if missing), or computed."""
+        from ecos_pl.feature_cache import cached_features
+
+        pool = self.load_data().pool.images
+        phi = self.fit_phi()
+        if self.cache_dir is None or not self.cache_features:
+            self._pool_features = phi.transform(pool)
+            return self._pool_features
+        self._pool_features, info = cached_features(self.cache_dir, phi, pool, data_id=self.data_id(), dtype=self.feature_dtype)
+        predicted = self.feature_cache_info
+        if predicted is None or predicted["path"] != info["path"]:
+            self.feature_cache_info = info
         return self._pool_features
 
     @property
@@ -176,9 +220,7 @@ class ECOSDataModule(pl.LightningDataModule):
         world = trainer.world_size if trainer is not None else 1
         is_zero = trainer.is_global_zero if trainer is not None else True
         path = self.selection_path()
-        reused = path is not None and self.reuse_selection and path.is_file()
-        if world > 1 and not reused:  # every rank runs φ on its share of the pool; rank zero writes the feature cache
-            self.compute_pool_features(trainer.strategy)
+        reused = self._selection_reusable()
         if is_zero and not reused:
             selection, extra = self._run_protocol(data)
             if path is not None:

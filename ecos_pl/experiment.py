@@ -82,6 +82,9 @@ def run_experiment(cfg: DictConfig) -> dict:
     if steps is not None:  # equal compute for every sampler, whatever the size of its training set
         trainer.fit_loop.max_epochs = -1
         trainer.fit_loop.epoch_loop.max_steps = steps
+    # the pool's φ features, extracted on every device of this trainer (DDP: the processes start here, once)
+    # and cached on disk; setup(), inside fit, opens them. Nothing runs when they are cached or not needed.
+    datamodule.predict_pool_features(trainer)
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -134,6 +137,7 @@ def run_experiment(cfg: DictConfig) -> dict:
 LABEL_KEYS = (
     "labels_bought", "labels_none", "pseudo_label_acc", "pseudo_label_out_of_class", "labels_dropped", "label_bytes_down",
     "label_bytes_up", "label_seconds", "label_k", "label_sigma", "label_delta", "label_epsilon", "exchange_epsilon",
+    "label_phi", "label_feature_dim",
 )
 
 

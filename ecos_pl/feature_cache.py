@@ -6,23 +6,24 @@ Layout, under `<cache_dir>/features/`:
   L2-normalised, opened read-only with `np.load(mmap_mode="r")`;
 * `<key>.json`: a sidecar with the shape, the dtype and what the key was made of.
 
-`key` hashes the data's identity (its name and the pool's image bytes, read in chunks),
+`key` hashes the data's identity (its name and the on-disk source's decode-cache key, which
+hashes every file's path, size and mtime; or, for data built in memory, the pool's image
+bytes, read in chunks),
 φ's `fingerprint()` (type, model name, weights, seed, pooling, stages, input size; for
 PCA the fitted components) and the storage dtype. Writing is atomic: blocks stream into
 `<key>.<pid>.f16.tmp` / `.f32.tmp` (`np.lib.format.open_memmap`), which is renamed to
 `<key>.npy` only once complete; an exception mid-stream leaves nothing behind.
 
 The pool is read and transformed in blocks of `phi.batch_rows` rows, the same batches
-`phi.transform(pool)` uses, so a float32 cache holds exactly the features the uncached
-path computes (same selection, bit for bit).
+`phi.transform(pool)` uses, so a float32 cache written by one process holds exactly the
+features the uncached path computes (same selection, bit for bit).
 
-Under DDP (`strategy` with `world_size > 1`, every rank calling), block `b` goes to rank
-`b % world`; each round the ranks `all_gather` their block through the strategy and rank
-zero writes the rows; a barrier; every rank opens the file. Lightning's `trainer.predict`
-is not used because the pool's features are needed in the data module's `setup()`, which
-runs inside `trainer.fit`, where a nested `predict` cannot run; a `predict` before `fit`
-would launch the DDP processes a second time. The ranks' forward passes and the
-strategy's collectives give the same sharding and gathering without that.
+In a run (`ecos_pl.experiment.run_experiment`) the pool's features are extracted through
+Lightning's `trainer.predict` before `fit` (`ecos_pl.feature_predict`): every device of the
+trainer's strategy runs φ on its share of the pool and writes its rows, at their indices,
+into one shared temporary file (`FeatureWriter.write_rows`), which rank zero renames into
+place. `cached_features` then finds the file. Without a trainer (a data module used on its
+own, the benchmarks) `cached_features` extracts in-process, in the same batches.
 
 dtype: `auto` stores float32 unless the float32 array would reach `FLOAT16_MIN_BYTES`
 (1 GiB), then float16. Measured on digits_lite (seed 1, budget 400, R = 64): float16
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -143,9 +143,20 @@ class FeatureWriter:
         self._array[start : start + len(block)] = block  # cast to the storage dtype here
         self._written += len(block)
 
-    def commit(self) -> Path:
-        if self._written != self.shape[0]:
-            raise RuntimeError(f"feature cache incomplete: {self._written} of {self.shape[0]} rows were written")
+    def write_rows(self, rows, block: np.ndarray) -> None:
+        """Write `block` at the (not necessarily contiguous) row indices `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        block = np.asarray(block)
+        if block.shape != (len(rows), self.shape[1]) or (len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0])):
+            raise ValueError(f"block of shape {block.shape} at {len(rows)} rows does not fit features of shape {self.shape}")
+        write_rows(self._array, rows, block)
+        self._written += len(rows)
+
+    def commit(self, rows_written: int | None = None) -> Path:
+        """Rename the temporary file into place; `rows_written`: the rows every writer of a shared file wrote."""
+        written = self._written if rows_written is None else int(rows_written)
+        if written != self.shape[0]:
+            raise RuntimeError(f"feature cache incomplete: {written} of {self.shape[0]} rows were written")
         self._array.flush()
         del self._array
         with open(self.tmp, "rb+") as f:
@@ -166,6 +177,19 @@ class FeatureWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or self.tmp.exists():
             self.abort()
+
+
+def contiguous(rows: np.ndarray) -> bool:
+    """Whether `rows` are consecutive ascending indices (one process's sequential batches): one slice reads or writes them."""
+    return bool(len(rows)) and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
+
+
+def write_rows(array: np.ndarray, rows: np.ndarray, block: np.ndarray) -> None:
+    """`array[rows] = block`, as one slice when the rows are contiguous."""
+    if contiguous(rows):
+        array[rows[0] : rows[0] + len(rows)] = block
+    else:
+        array[rows] = block
 
 
 # ---------------------------------------------------------------- extraction
@@ -208,7 +232,8 @@ def write_features(path: str | os.PathLike, blocks, n_rows: int, dtype: str = "a
         raise
 
 
-def _valid(path: Path, n_rows: int) -> bool:
+def cache_valid(path: Path, n_rows: int) -> bool:
+    """Whether `path` is a readable feature file of `n_rows` rows."""
     try:
         return open_features(path).shape[0] == n_rows
     except Exception:  # noqa: BLE001 - unreadable: rebuilt below
@@ -222,71 +247,28 @@ def cached_features(
     *,
     data_id: str,
     dtype: str = "auto",
-    strategy=None,
     progress: bool | None = None,
 ) -> tuple[np.memmap, dict]:
-    """φ(images) from the cache under `cache_dir/features/`, computed and written first if missing.
+    """φ(images) from the cache under `cache_dir/features/`, computed in this process and written first if missing.
 
     `phi` must already be fitted (PCA is fitted on the pool before its fingerprint is
-    final). With a `strategy` whose `world_size > 1`, every rank must call this: the
-    ranks share the forward passes and rank zero writes the file. Returns the read-only
-    memory map and `{"path", "hit", "seconds"}`.
+    final). Returns the read-only memory map and `{"path", "hit", "seconds"}`.
     """
-    dtype = check_dtype(dtype)
     t0 = time.perf_counter()
     progress = getattr(phi, "progress", None) if progress is None else progress
-    world = int(getattr(strategy, "world_size", 1) or 1) if strategy is not None else 1
-    phi_id = phi.fingerprint()
-    key = feature_cache_key(data_id, phi_id, dtype)
-    if world > 1:
-        key = strategy.broadcast(key, 0)  # rank zero's key wins (a refitted PCA may differ in the last bit)
-    path, _ = feature_paths(cache_dir, key)
-    hit = _valid(path, len(images))
-    if world > 1:
-        hit = bool(strategy.broadcast(hit, 0))
+    path, meta = cache_entry(cache_dir, phi, data_id, dtype)
+    hit = cache_valid(path, len(images))
     if not hit:
-        meta = {"key": key, "data": data_id, "phi": phi_id, "phi_class": type(phi).__qualname__,
-                "dtype_requested": dtype, "n_ranks": world}
-        if world > 1:
-            _extract_distributed(path, phi, images, dtype, meta, strategy, progress)
-        else:
-            write_features(path, iter_features(phi, images, progress=progress), len(images), dtype, meta)
+        write_features(path, iter_features(phi, images, progress=progress), len(images), dtype, meta)
     features = open_features(path)
     return features, {"path": str(path), "hit": hit, "seconds": time.perf_counter() - t0}
 
 
-def _extract_distributed(path: Path, phi, images, dtype: str, meta: dict, strategy, progress) -> None:
-    """Every rank runs φ on blocks b ≡ rank (mod world); one all_gather per round; rank zero writes."""
-    import torch
+def cache_entry(cache_dir: str | os.PathLike, phi, data_id: str, dtype: str) -> tuple[Path, dict]:
+    """(the cache file for φ of this data in this dtype, the sidecar fields that say what it was made of)."""
+    dtype = check_dtype(dtype)
+    phi_id = phi.fingerprint()
+    key = feature_cache_key(data_id, phi_id, dtype)
+    meta = {"key": key, "data": data_id, "phi": phi_id, "phi_class": type(phi).__qualname__, "dtype_requested": dtype, "n_ranks": 1}
+    return feature_paths(cache_dir, key)[0], meta
 
-    rank, world = int(strategy.global_rank), int(strategy.world_size)
-    device = strategy.root_device
-    phi.to(device)
-    block_rows = max(1, int(getattr(phi, "batch_rows", 65536)))
-    blocks = _blocks(len(images), block_rows)
-    rounds = math.ceil(len(blocks) / world)
-    dim = int(phi.transform(images[:1]).shape[1])  # every rank knows d, even one without a block
-    writer = None
-    try:
-        if rank == 0:
-            writer = FeatureWriter(path, (len(images), dim), storage_dtype(dtype, len(images), dim), meta)
-        for r in _progress(range(rounds), f"φ features ({len(images):,} images, {world} ranks)", progress if rank == 0 else False):
-            b = r * world + rank
-            local = torch.zeros(block_rows, dim, dtype=torch.float32, device=device)
-            if b < len(blocks):
-                start, stop = blocks[b]
-                local[: stop - start] = torch.from_numpy(np.ascontiguousarray(phi.transform(images[start:stop]), dtype=np.float32)).to(device)
-            gathered = strategy.all_gather(local)  # [world, block_rows, d]
-            if writer is not None:
-                gathered = gathered.reshape(world, block_rows, dim).cpu().numpy()
-                for i in range(world):
-                    if r * world + i < len(blocks):
-                        start, stop = blocks[r * world + i]
-                        writer.write(start, gathered[i, : stop - start])
-        if writer is not None:
-            writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    strategy.barrier("ecos-feature-cache")

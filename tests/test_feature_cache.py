@@ -1,11 +1,8 @@
-"""The pool's φ features cached on disk: written once and atomically, reused, keyed by data and φ, sharded under DDP."""
+"""The pool's φ features cached on disk: written once and atomically, reused, keyed by data and φ, through trainer.predict."""
 
 import json
-import threading
-
 import numpy as np
 import pytest
-import torch
 
 from ecos_pl import feature_cache as fc
 from ecos_pl.phi import FeatureExtractor, PCAPixels, TimmFeatures
@@ -122,79 +119,102 @@ def test_pca_is_fitted_first_and_keyed_by_its_components(tmp_path, images):
     np.testing.assert_array_equal(za, a.transform(images))
 
 
-class ThreadStrategy:
-    """The collectives of a Lightning strategy, for `world` threads of one process."""
+def _trainer(**kwargs):
+    import pytorch_lightning as pl
 
-    def __init__(self, rank: int, world: int, shared: dict):
-        self.global_rank, self.world_size, self.shared = rank, world, shared
-        self.root_device = torch.device("cpu")
-
-    def _exchange(self, value):
-        self.shared["slots"][self.global_rank] = value
-        self.shared["barrier"].wait()
-        out = list(self.shared["slots"])
-        self.shared["barrier"].wait()
-        return out
-
-    def all_gather(self, tensor):
-        return torch.stack(self._exchange(tensor))
-
-    def broadcast(self, obj, src=0):
-        return self._exchange(obj)[src]
-
-    def barrier(self, name=None):
-        self.shared["barrier"].wait()
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, deterministic=True,
+                      enable_progress_bar=False, **kwargs)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_ranks_share_the_extraction(tmp_path, images, world):
-    shared = {"slots": [None] * world, "barrier": threading.Barrier(world, timeout=60)}
-    phis = [Counting(_phi()) for _ in range(world)]
-    results, errors = [None] * world, []
+@pytest.mark.parametrize("make_phi", [_phi, lambda: PCAPixels(n_components=8, seed=0)], ids=["timm", "pca"])
+def test_trainer_predict_writes_the_cache_bit_identical(tmp_path, images, make_phi):
+    """One process: trainer.predict in batches of phi.batch_rows gives exactly phi.transform(pool); every row once."""
+    from ecos_pl.feature_predict import predict_pool_features
 
-    def rank(r):
-        try:
-            results[r] = fc.cached_features(tmp_path, phis[r], images, data_id="toy", strategy=ThreadStrategy(r, world, shared))
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
-            shared["barrier"].abort()
+    phi = make_phi().fit(images)
+    phi.progress = True  # Lightning's bar is the display during predict; restored afterwards
+    path, meta = fc.cache_entry(tmp_path, phi, "toy", "auto")
+    counting = Counting(phi)
+    info = predict_pool_features(_trainer(), counting, images, path, meta)
+    assert info["via"] == "trainer.predict" and info["rows_per_rank"] == [len(images)] and info["path"] == str(path)
+    assert counting.rows == len(images) + 1  # each row once, plus one probe row for d
+    assert phi.progress is True
+    z = fc.open_features(path)
+    np.testing.assert_array_equal(z, phi.transform(images))
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["n_ranks"] == 1 and side["rows_per_rank"] == [len(images)] and side["phi"] == phi.fingerprint()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.with_suffix(".json").name, path.name]
+    # and the in-process path then finds it
+    again = Counting(phi)
+    z2, hit = fc.cached_features(tmp_path, again, images, data_id="toy")
+    assert hit["hit"] and again.calls == 0 and hit["path"] == str(path)
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    direct = _phi().transform(images)
-    for z, info in results:
-        np.testing.assert_array_equal(z, direct)  # the same batches as one process: the same numbers
-        assert not info["hit"]
-    # 7 batches of 16 rows shared round-robin (plus one probe row each to learn d)
-    rows = [p.rows - 1 for p in phis]
-    assert sum(rows) == len(images) and max(rows) <= 16 * -(-7 // world)
-    assert len(list((tmp_path / "features").glob("*.npy"))) == 1 and not list((tmp_path / "features").glob("*.tmp"))
+
+def test_trainer_predict_that_misses_rows_writes_nothing(tmp_path, images):
+    from ecos_pl.feature_predict import predict_pool_features
+
+    phi = _phi()
+    path, meta = fc.cache_entry(tmp_path, phi, "toy", "auto")
+    with pytest.raises(RuntimeError, match=r"wrote 32 rows \(\[32\] per rank\) for a pool of 100, 68 of them never written"):
+        predict_pool_features(_trainer(limit_predict_batches=2), phi, images, path, meta)
+    assert list(path.parent.iterdir()) == []
 
 
 def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path):
-    """digits_lite, PCA φ, ECOS: the cached path selects exactly what the uncached path selects, on a miss and a hit."""
+    """digits_lite, PCA φ, ECOS: the cached paths (in process, or trainer.predict) select exactly what the uncached path selects."""
     from datamodules import ECOSDataModule
     from ecos_pl.data.digits_lite import DigitsLite
     from ecos_pl.protocol.samplers import ECOSSampler
 
-    def run(cache_dir, cache_features=True):
+    def run(cache_dir, cache_features=True, predict=False):
         dm = ECOSDataModule(
             DigitsLite(seed=1, cache_dir=str(tmp_path / "data")), PCAPixels(n_components=32, seed=1),
             ECOSSampler(n_centroids=16), budget=100, seed=1, cache_dir=cache_dir, reuse_selection=False,
             cache_features=cache_features,
         )
+        if predict:
+            dm.predict_pool_features(_trainer())
         dm.setup("fit")
         return dm
 
     plain = run(None)
     miss = run(str(tmp_path / "c"))
     hit = run(str(tmp_path / "c"))
+    predicted = run(str(tmp_path / "p"), predict=True)
     assert not miss.feature_cache_info["hit"] and hit.feature_cache_info["hit"]
+    assert predicted.feature_cache_info["via"] == "trainer.predict" and not predicted.feature_cache_info["hit"]
+    assert run(str(tmp_path / "p"), predict=True).feature_cache_info["hit"]  # cached: predict does not run again
     assert plain.feature_cache_info is None and run(str(tmp_path / "c"), cache_features=False).feature_cache_info is None
-    for dm in (miss, hit):
+    for dm in (miss, hit, predicted):
         np.testing.assert_array_equal(dm.selection.indices, plain.selection.indices)
         np.testing.assert_array_equal(dm.pool_features, plain.pool_features)
+
+
+def test_phi_is_fitted_once_and_before_predict(tmp_path, images):
+    """predict_pool_features fits φ (every rank does); setup() then neither refits it nor recomputes the features."""
+    from datamodules import ECOSDataModule
+    from ecos_pl.data.base import DomainSplit, ECOSData
+    from ecos_pl.protocol.samplers import RandomSampler
+
+    def split(rows):
+        return DomainSplit(images[rows], np.zeros(len(rows)), np.zeros(len(rows)))
+
+    class Source:
+        def load(self):
+            return ECOSData("toy", split(np.arange(60)), split(np.arange(60, 80)), split(np.arange(80, 100)), ["d"], ["c"], "d")
+
+    fits = []
+
+    class Fits(PCAPixels):
+        def fit(self, pool_images):
+            fits.append(len(pool_images))
+            return super().fit(pool_images)
+
+    phi = Counting(Fits(n_components=4, seed=0))
+    dm = ECOSDataModule(Source(), phi, RandomSampler(), budget=10, seed=3, cache_dir=str(tmp_path))
+    dm.predict_pool_features(_trainer())
+    rows = phi.rows
+    dm.setup("fit")
+    assert fits == [60] and rows == 60 + 1  # one fit; each pool row once (plus the probe row)
+    assert phi.rows == rows + 20  # setup: only the client's split; the pool's features come from the file
+    np.testing.assert_array_equal(dm.pool_features, phi.transform(images[:60]))
