@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -270,16 +271,25 @@ class ECOSDataModule(pl.LightningDataModule):
         return targets, report
 
     def _label_request(self, data: ECOSData, sel: Selection) -> LabelRequest:
+        proxy_features, client_features = self._label_features(data, sel)
         return LabelRequest(
             proxy=self.proxy,
-            proxy_features=lambda: self.pool_features[sel.indices],
-            client_features=lambda: self.client_features,
+            proxy_features=proxy_features,
+            client_features=client_features,
             client_labels=data.client_train.labels,
             num_classes=data.num_classes,
             seed=self.seed,
             # what the selection already released about the client: nothing, Laplace scores (ε), or exact values (None)
             score_epsilons=[] if sel.bytes_up == 0 else [sel.epsilon],
         )
+
+    def _label_features(self, data: ECOSData, sel: Selection):
+        """(proxy, client) feature callables for the label round: the protocol's φ, or the labeller's own `phi`."""
+        phi = getattr(self.proxy_labels, "phi", None)
+        if phi is None:
+            return (lambda: self.pool_features[sel.indices]), (lambda: self.client_features)
+        fitted = functools.cache(lambda: phi.fit(data.pool.images))  # the cloud fits it on its pool, once
+        return (lambda: fitted().transform(self.proxy.images)), (lambda: fitted().transform(data.client_train.images))
 
     def _training_split(self) -> tuple[DomainSplit, np.ndarray | None]:
         """The proxy set without the samples left unlabelled (target -1)."""
