@@ -21,7 +21,7 @@ features the uncached path computes (same selection, bit for bit).
 In a run (`ecos_pl.experiment.run_experiment`) the pool's features are extracted through
 Lightning's `trainer.predict` before `fit` (`ecos_pl.feature_predict`): every device of the
 trainer's strategy runs φ on its share of the pool and writes its rows, at their indices,
-into one shared temporary file (`FeatureWriter.write_rows`), which rank zero renames into
+into one shared temporary file (`write_rows`), which rank zero renames into
 place. `cached_features` then finds the file. Without a trainer (a data module used on its
 own, the benchmarks) `cached_features` extracts in-process, in the same batches.
 
@@ -143,15 +143,6 @@ class FeatureWriter:
         self._array[start : start + len(block)] = block  # cast to the storage dtype here
         self._written += len(block)
 
-    def write_rows(self, rows, block: np.ndarray) -> None:
-        """Write `block` at the (not necessarily contiguous) row indices `rows`."""
-        rows = np.asarray(rows, dtype=np.int64)
-        block = np.asarray(block)
-        if block.shape != (len(rows), self.shape[1]) or (len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0])):
-            raise ValueError(f"block of shape {block.shape} at {len(rows)} rows does not fit features of shape {self.shape}")
-        write_rows(self._array, rows, block)
-        self._written += len(rows)
-
     def commit(self, rows_written: int | None = None) -> Path:
         """Rename the temporary file into place; `rows_written`: the rows every writer of a shared file wrote."""
         written = self._written if rows_written is None else int(rows_written)
@@ -205,12 +196,10 @@ def _progress(items, description: str, progress: bool | None):
     return _track(items, description, progress)
 
 
-def iter_features(phi, images: np.ndarray, *, rank: int = 0, world: int = 1, progress: bool | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(start row, φ features of rows start:start+`phi.batch_rows`) for this rank's blocks (`b % world == rank`)."""
+def iter_features(phi, images: np.ndarray, *, progress: bool | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start row, φ features of rows start:start+`phi.batch_rows`), block by block."""
     blocks = _blocks(len(images), max(1, int(getattr(phi, "batch_rows", 65536))))
-    mine = range(rank, len(blocks), world)
-    for b in _progress(mine, f"φ features ({len(images):,} images)", progress if rank == 0 else False):
-        start, stop = blocks[b]
+    for start, stop in _progress(blocks, f"φ features ({len(images):,} images)", progress):
         yield start, phi.transform(images[start:stop])
 
 

@@ -93,10 +93,9 @@ class PCAProjected(FeatureExtractor):
     def fit(self, pool_images):
         from sklearn.decomposition import PCA
 
-        rows = np.arange(len(pool_images))
-        if len(rows) > self.fit_rows:
-            rows = np.sort(np.random.default_rng(self.seed).choice(len(rows), self.fit_rows, replace=False))
-        x = self._descriptor(np.asarray(pool_images[rows]) if len(rows) < len(pool_images) else pool_images)
+        if len(pool_images) > self.fit_rows:
+            pool_images = pool_images[np.sort(np.random.default_rng(self.seed).choice(len(pool_images), self.fit_rows, replace=False))]
+        x = self._descriptor(pool_images)
         k = min(self.n_components, *x.shape)
         self._pca = PCA(n_components=k, random_state=self.seed, svd_solver="randomized").fit(x)
         return self
