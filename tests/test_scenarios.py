@@ -205,18 +205,84 @@ def test_backbone_settings_reach_the_trained_model():
         build_labelled(cfg, dm, make_trainer=None)
 
 
-def test_a_training_set_one_past_a_full_batch_trains(tmp_path):
-    # labels dropped by a scenario can leave 64k + 1 samples; a last batch of one breaks batch-norm
+def test_training_batches_are_full_and_every_sample_is_seen_across_epochs():
+    # labels dropped by a scenario leave any size: a short last batch (1 breaks batch-norm, 2 made seed 2 of
+    # pseudo_label diverge) is dropped; shuffling each epoch still reaches the samples it held
     from datamodules.ecos_datamodule import ECOSDataModule, ImageArrayDataset
 
     dm = ECOSDataModule.__new__(ECOSDataModule)
     dm.batch_size, dm.eval_batch_size, dm.seed, dm.num_workers = 4, 8, 1, 0
-    split = DomainSplit(np.zeros((9, 4, 4, 3), np.uint8), np.zeros(9, np.int64), np.zeros(9, np.int64))
-    sizes = [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=True)]
-    assert sizes == [4, 4]
-    split = DomainSplit(np.zeros((10, 4, 4, 3), np.uint8), np.zeros(10, np.int64), np.zeros(10, np.int64))
-    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=True)] == [4, 4, 2]
-    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split), train=False)] == [8, 2]
+
+    def split(n):
+        return DomainSplit(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n), np.zeros(n, np.int64))
+
+    for n in (9, 10):
+        loader = dm._loader(ImageArrayDataset(split(n)), train=True)
+        assert [len(b["image"]) for b in loader] == [4, 4]
+        seen = {int(i) for _ in range(6) for b in loader for i in b["index"]}
+        assert seen == set(range(n))
+    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split(3)), train=True)] == [3]  # one batch: kept
+    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split(10)), train=False)] == [8, 2]
+
+
+def test_mixup_trains_on_convex_mixes_of_two_samples_and_their_targets():
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ecos_pl.scenarios.base import SupervisedModule
+
+    class Probe(nn.Module):  # logits from the mean pixel, and a record of what the model was shown
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(1, 3)
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.detach().clone())
+            return self.head(x.mean(dim=(1, 2, 3))[:, None])
+
+    values = torch.tensor([0.1, 0.4, 0.9])
+    batch = {"image": values[:, None, None, None].expand(3, 3, 4, 4).clone(), "target": torch.tensor([0, 1, 2])}
+    torch.manual_seed(0)
+    module = SupervisedModule(Probe(), mixup_alpha=1.0, augment_pad=0)
+    module.log = lambda *a, **k: None
+    loss = module.training_step(batch, 0)
+    shown = module.model.seen[-1]
+    mixed = shown.mean(dim=(1, 2, 3))
+    assert not torch.allclose(shown, batch["image"])
+    # some λ in [0, 1] and permutation explain every row, and the loss is the same mix of the two cross-entropies
+    fits = []
+    for perm in itertools.permutations(range(3)):
+        other = values[list(perm)]
+        if torch.allclose(other, values):
+            continue
+        lam = float(((mixed - other) @ (values - other)) / ((values - other) @ (values - other)))
+        if 0 <= lam <= 1 and torch.allclose(lam * values + (1 - lam) * other, mixed, atol=1e-6):
+            logits = module.model.head(mixed[:, None])
+            expected = lam * F.cross_entropy(logits, batch["target"]) + (1 - lam) * F.cross_entropy(logits, batch["target"][list(perm)])
+            fits.append(torch.allclose(loss, expected, atol=1e-5))
+    assert fits and all(fits)
+    plain = SupervisedModule(Probe(), mixup_alpha=0.0, augment_pad=0)
+    plain.log = lambda *a, **k: None
+    plain.training_step(batch, 0)
+    assert torch.equal(plain.model.seen[-1], batch["image"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"label_smoothing": 1.0}, "scenario.label_smoothing=1.0"),
+    ({"label_smoothing": -0.1}, "scenario.label_smoothing=-0.1"),
+    ({"mixup_alpha": -1.0}, "scenario.mixup_alpha=-1.0"),
+])
+def test_supervised_recipe_bad_inputs_name_the_parameter(kwargs, match):
+    from torch import nn
+
+    from ecos_pl.scenarios.base import SupervisedModule
+
+    with pytest.raises(ValueError, match=match):
+        SupervisedModule(nn.Identity(), **kwargs)
 
 
 # ------------------------------------------------------------------ the labelling φ

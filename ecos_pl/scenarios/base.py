@@ -71,9 +71,13 @@ class ProxyTrainingModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = pad_and_crop(batch["image"], self.hparams.augment_pad)
-        loss = self.training_loss(self(x), {**batch, "image": x})
+        loss = self.augmented_loss(x, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
         return loss
+
+    def augmented_loss(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The loss on the augmented inputs `x` (SupervisedModule mixes pairs of them here: mixup)."""
+        return self.training_loss(self(x), {**batch, "image": x})
 
     def _evaluate(self, batch: dict, metric: MulticlassAccuracy, prefix: str) -> None:
         logits = self(batch["image"])
@@ -108,5 +112,27 @@ class SupervisedModule(ProxyTrainingModule):
     pool's ground truth (`label`) is never read here.
     """
 
+    def __init__(self, model: nn.Module | None = None, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0, **kwargs):
+        super().__init__(model, **kwargs)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"scenario.label_smoothing={label_smoothing} must be in [0, 1).")
+        if mixup_alpha < 0:
+            raise ValueError(f"scenario.mixup_alpha={mixup_alpha} must be >= 0 (0: no mixup).")
+        self.label_smoothing = label_smoothing  # noisy targets (pseudo-labels): a network that cannot be sure cannot memorise them
+        self.mixup_alpha = mixup_alpha
+
+    def augmented_loss(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.mixup_alpha <= 0:
+            return super().augmented_loss(x, batch)
+        alpha = torch.tensor(float(self.mixup_alpha))
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())  # torch's RNG: seeded with the run
+        perm = torch.randperm(len(x), device=x.device)
+        logits = self(lam * x + (1 - lam) * x[perm])
+        target = batch["target"]
+        return lam * self.ce(logits, target) + (1 - lam) * self.ce(logits, target[perm])
+
+    def ce(self, logits, target):
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
     def training_loss(self, logits, batch):
-        return F.cross_entropy(logits, batch["target"])
+        return self.ce(logits, batch["target"])

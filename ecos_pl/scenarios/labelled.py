@@ -19,6 +19,7 @@ def build_labelled(cfg, datamodule, make_trainer):
         torch.manual_seed(cfg.seed)
         module = SupervisedModule(
             arch=cfg.backbone.student, num_classes=num_classes, lr=cfg.scenario.lr,
+            label_smoothing=cfg.scenario.get("label_smoothing", 0.0), mixup_alpha=cfg.scenario.get("mixup_alpha", 0.0),
             pretrained=cfg.backbone.get("pretrained", False), input_size=cfg.backbone.get("input_size"),
         )
     return module, {"teacher_test_acc": None}

@@ -93,7 +93,8 @@ def obtain_teacher(
         return load_classifier(checkpoint, arch, num_classes, input_size).eval(), {"origin": "checkpoint", "path": str(checkpoint)}
     if source not in TEACHER_SOURCES:
         raise ValueError(f"teacher.source={source!r} is not one of {', '.join(TEACHER_SOURCES)} (or give teacher.checkpoint).")
-    spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 1}
+    # v: the training recipe's version; 2 drops a short last batch (the data module's loader), so v1 teachers retrain
+    spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 2}
     if input_size is not None:  # only then: the default keeps its cache key
         spec["input_size"] = input_size
     path = Path(cache_dir or Path.home() / ".cache" / "ecos-pl").expanduser() / "teachers" / f"teacher-{_fingerprint(datamodule, spec)}.pt"
