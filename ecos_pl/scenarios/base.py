@@ -109,30 +109,30 @@ class SupervisedModule(ProxyTrainingModule):
 
     `target` is what the scenario assigned (the client's noisy k-NN votes, the
     annotators' labels, or the ground truth where the data owner trains); the
-    pool's ground truth (`label`) is never read here.
+    pool's ground truth (`label`) is never read here. Against noisy targets,
+    `mixup_alpha` > 0 trains on convex mixes of two samples and of their targets, so
+    no single wrong label can be memorised (pseudo_label: README "Pseudo-labelling").
     """
 
     def __init__(self, model: nn.Module | None = None, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0, **kwargs):
-        super().__init__(model, **kwargs)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"scenario.label_smoothing={label_smoothing} must be in [0, 1).")
         if mixup_alpha < 0:
             raise ValueError(f"scenario.mixup_alpha={mixup_alpha} must be >= 0 (0: no mixup).")
-        self.label_smoothing = label_smoothing  # noisy targets (pseudo-labels): a network that cannot be sure cannot memorise them
-        self.mixup_alpha = mixup_alpha
+        super().__init__(model, **kwargs)  # saves label_smoothing and mixup_alpha in hparams too
 
     def augmented_loss(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        if self.mixup_alpha <= 0:
+        if self.hparams.mixup_alpha <= 0:
             return super().augmented_loss(x, batch)
-        alpha = torch.tensor(float(self.mixup_alpha))
+        alpha = torch.tensor(float(self.hparams.mixup_alpha))
         lam = float(torch.distributions.Beta(alpha, alpha).sample())  # torch's RNG: seeded with the run
         perm = torch.randperm(len(x), device=x.device)
         logits = self(lam * x + (1 - lam) * x[perm])
         target = batch["target"]
-        return lam * self.ce(logits, target) + (1 - lam) * self.ce(logits, target[perm])
+        return lam * self.cross_entropy(logits, target) + (1 - lam) * self.cross_entropy(logits, target[perm])
 
-    def ce(self, logits, target):
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
 
     def training_loss(self, logits, batch):
-        return self.ce(logits, batch["target"])
+        return self.cross_entropy(logits, batch["target"])
