@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> float:
     from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
-    from ecos_pl.experiment import results_table, run_experiment, write_json_atomic
+    from ecos_pl.atomic import write_json_atomic
+    from ecos_pl.experiment import results_table, run_experiment
 
     results = run_experiment(cfg)
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports

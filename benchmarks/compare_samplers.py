@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecos_pl.experiment import write_json_atomic  # noqa: E402
+from ecos_pl.atomic import write_json_atomic  # noqa: E402
 
 DEFAULTS = {
     "seeds": [1, 2, 3],

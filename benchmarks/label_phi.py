@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecos_pl.data.digits_lite import DigitsLite  # noqa: E402
-from ecos_pl.experiment import write_json_atomic  # noqa: E402
+from ecos_pl.atomic import write_json_atomic  # noqa: E402
 from ecos_pl.phi import HOGFeatures, PCAPixels, TimmFeatures  # noqa: E402
 from ecos_pl.protocol import ECOSClient, make_sampler  # noqa: E402
 from ecos_pl.protocol.label import knn_votes  # noqa: E402

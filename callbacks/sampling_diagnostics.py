@@ -13,7 +13,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
 from ecos_pl import plots
+from ecos_pl.atomic import write_text_atomic
 from ecos_pl.data.base import NONE_LABEL
 
 log = logging.getLogger(__name__)
@@ -124,19 +124,6 @@ def _numeric(scalars: dict) -> dict[str, float]:
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def _csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -199,10 +186,10 @@ class SamplingDiagnostics(pl.Callback):
         """Compute, write files, send to the loggers; returns what `sampling_diagnostics` returned plus file paths."""
         out = Path(output_dir)
         diag = sampling_diagnostics(datamodule)
-        files = {"scalars_csv": str(_write_text_atomic(
+        files = {"scalars_csv": str(write_text_atomic(
             out / SCALARS_CSV, _csv([{"key": k, "value": v} for k, v in diag["scalars"].items()], ["key", "value"])))}
         if diag["clusters"] is not None:
-            files["clusters_csv"] = str(_write_text_atomic(out / CLUSTERS_CSV, _csv(diag["clusters"], CLUSTER_COLUMNS)))
+            files["clusters_csv"] = str(write_text_atomic(out / CLUSTERS_CSV, _csv(diag["clusters"], CLUSTER_COLUMNS)))
         figures = self._figures(datamodule, diag, out) if self.figure else {}
         report = datamodule.report
         report["figures"] = figures

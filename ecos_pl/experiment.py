@@ -5,13 +5,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
@@ -154,22 +150,6 @@ def _flat_numbers(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
             out[f"{prefix}{k}"] = v
     return out
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> Path:
-    """Write to a temporary name in the target folder, then rename: a reader never sees half a file."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def results_table(results: dict):

@@ -42,6 +42,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ecos_pl.atomic import write_json_atomic
+
 #: bump when what a cached feature file depends on, or its layout, changes.
 CACHE_VERSION = 1
 #: `dtype="auto"`: float16 once float32 features would take this many bytes or more.
@@ -109,15 +111,6 @@ def as_float32(features: np.ndarray, rows: int = 65536) -> np.ndarray:
     return out
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class FeatureWriter:
     """Streams row blocks into `<key>.<pid>.<f16|f32>.tmp`; `commit()` renames it to `<key>.npy` and writes the sidecar.
 
@@ -153,7 +146,7 @@ class FeatureWriter:
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
         sidecar = {"shape": list(self.shape), "dtype": self.dtype.name, "version": CACHE_VERSION, **self.meta}
-        _write_json_atomic(sidecar, self.path.with_suffix(".json"))
+        write_json_atomic(sidecar, self.path.with_suffix(".json"), indent=1, sort_keys=True)
         os.replace(self.tmp, self.path)
         return self.path
 

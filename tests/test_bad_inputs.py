@@ -92,3 +92,27 @@ def test_bad_epsilon(small, eps):
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="sampler='nope'"):
         make_sampler("nope")
+
+
+def test_atomic_writes_leave_the_old_file_whole_when_the_writer_fails(tmp_path):
+    import json
+    import os
+    import stat
+
+    from ecos_pl.atomic import write_atomic, write_json_atomic, write_text_atomic
+
+    path = write_json_atomic({"a": 1}, tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text()) == {"a": 1}
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # shareable, not mkstemp's private 0600
+
+    def fails(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, fails)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # no temporary left behind
+    assert write_text_atomic(tmp_path / "t.csv", "a,b\r\n1,2\n").read_bytes() == b"a,b\r\n1,2\n"  # no newline translation

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from ecos_pl import atomic
+from ecos_pl.atomic import _umask, write_atomic
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
 
@@ -171,38 +173,12 @@ def existing_dir(path, flag: str) -> Path:
     return p
 
 
-def write_atomic(path, write: Callable[[object], None], *, binary: bool = True) -> Path:
-    """Write through `write(file)` to a temporary name in the target folder, then rename: never half a file."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a message file is meant to be handed over
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_bytes_atomic(path, data: bytes) -> Path:
     return write_atomic(path, lambda f: f.write(data))
 
 
 def write_json_atomic(path, obj) -> Path:
-    def write(f):
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-    return write_atomic(path, write, binary=False)
+    return atomic.write_json_atomic(obj, path)
 
 
 def replace_dir(build: Callable[[Path], None], target: Path) -> Path:
