@@ -3,7 +3,9 @@
     uv run python train.py scenario=compression
     uv run python train.py sampler=random seed=2 results_file=results/random-2.json
 
-Composes `conf/train.yaml` with Hydra; everything else lives in `ecos_pl`.
+Composes `conf/train.yaml` with Hydra; everything else lives in `ecos_pl`. A bad
+setting is one sentence on stderr and exit code 2 (`HYDRA_FULL_ERROR=1` shows the
+traceback instead).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from pytorch_lightning.utilities import rank_zero_only
-    from rich.console import Console
+    import logging
 
-    from ecos_pl.atomic import write_json_atomic
-    from ecos_pl.experiment import results_table, run_experiment
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it tried, six lines on every run
 
-    results = run_experiment(cfg)
+    from ecos_pl.bad_input import exit_on_bad_input
+    from ecos_pl.config_schema import config_errors, validate_config
+
+    with exit_on_bad_input("train.py", config_errors()):
+        validate_config(cfg)  # before the heavy imports below: a typo costs a second, not a teacher's training
+        from pytorch_lightning.utilities import rank_zero_only
+        from rich.console import Console
+
+        from ecos_pl.atomic import write_json_atomic
+        from ecos_pl.experiment import results_table, run_experiment
+
+        results = run_experiment(cfg)
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports
         return results["client_test_acc"]
     Console().print(results_table(results))

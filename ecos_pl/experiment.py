@@ -13,6 +13,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from ecos_pl.config_schema import check_against_data, validate_config
 from ecos_pl.scenarios import build_module
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,13 @@ def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
 
 
 def run_experiment(cfg: DictConfig) -> dict:
+    validate_config(cfg)  # types and ranges, before anything is built
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.datamodule)
     datamodule.prepare_data()
-    datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
+    data = datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
+    sampler = datamodule.sampler
+    check_against_data(cfg, len(data.pool), uses_budget=sampler.uses_budget, uses_centroids=hasattr(sampler, "n_centroids"))
     make_trainer = make_trainer_factory(cfg)
     module, extra = build_module(cfg, datamodule, make_trainer)
 
@@ -88,10 +92,9 @@ def run_experiment(cfg: DictConfig) -> dict:
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
 
     report = datamodule.report
-    sampler = datamodule.selection.sampler
     results = {
         "scenario": cfg.scenario.name,
-        "sampler": sampler,
+        "sampler": datamodule.selection.sampler,
         "data": cfg.data.name,
         "seed": int(cfg.seed),
         "budget": int(cfg.budget) if datamodule.sampler.uses_budget else None,

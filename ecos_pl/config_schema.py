@@ -1,0 +1,267 @@
+"""The run's settings, typed and range-checked before any work starts (no data built, no teacher trained).
+
+Hydra composes `conf/train.yaml`; `validate_config` then reads the keys a user
+sets (top level, `client`, `datamodule`, `scenario`, `sampler`, `scenario.labels`,
+`data`, `trainer`) into the dataclasses below. OmegaConf converts and type-checks
+them (`budget=abc` is refused by name), each dataclass's `__post_init__` checks
+ranges, and every failure is one `ECOSInputError` sentence naming the full key.
+Without this, a bad `budget` surfaced deep inside `trainer.fit`, after the teacher
+had trained for half an hour. Checks that need the data (budget against the pool
+size) are in `check_against_data`, run right after the data are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from ecos_pl.protocol.errors import ECOSInputError, check_count
+
+#: a schema field's type -> what a user reads
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _whole(key: str, value: int, low: int) -> None:
+    check_count(value, key, low=low)
+
+
+def _number(key: str, value: float | None, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """A finite number in the interval [low, high] (open where said); None only when `optional`."""
+    if value is None:
+        if optional:
+            return
+        raise ECOSInputError(f"{key} must be a number, got null.")
+    bad = not math.isfinite(value)
+    bad |= low is not None and (value <= low if low_open else value < low)
+    bad |= high is not None and (value >= high if high_open else value > high)
+    if bad:
+        lo = "-∞" if low is None else f"{low:g}"
+        hi = "∞" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ECOSInputError(f"{key} must be a finite number in {interval}, got {value!r}.")
+
+
+def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ECOSInputError(f"{key}={value!r} is not one of: {', '.join(options)}.")
+
+
+@dataclass
+class ClientSettings:
+    """`client.*`: how the client privatises its released scores."""
+
+    epsilon: Optional[float] = None
+
+    def __post_init__(self):
+        _number("client.epsilon", self.epsilon, low=0.0, low_open=True, optional=True)
+
+
+@dataclass
+class RunSettings:
+    """Top-level keys of `train.yaml`."""
+
+    seed: int = 1
+    budget: int = 400
+    n_centroids: int = 128
+    client: ClientSettings = field(default_factory=ClientSettings)
+    results_file: Optional[str] = None
+
+    def __post_init__(self):
+        _whole("seed", self.seed, 0)
+        _whole("budget", self.budget, 1)
+        _whole("n_centroids", self.n_centroids, 1)
+
+
+@dataclass
+class DataModuleSettings:
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    reuse_selection: bool = True
+    cache_features: bool = True
+    feature_dtype: str = "auto"
+
+    def __post_init__(self):
+        _whole("datamodule.batch_size", self.batch_size, 1)
+        _whole("datamodule.eval_batch_size", self.eval_batch_size, 1)
+        _whole("datamodule.num_workers", self.num_workers, 0)
+        _one_of("datamodule.feature_dtype", self.feature_dtype, ("auto", "float32", "float16"))
+
+
+@dataclass
+class TeacherSettings:
+    source: str = "client"
+    checkpoint: Optional[str] = None
+    epochs: int = 40
+    lr: float = 0.05
+
+    def __post_init__(self):
+        _one_of("scenario.teacher.source", self.source, ("client", "pool"))
+        _whole("scenario.teacher.epochs", self.epochs, 1)
+        _number("scenario.teacher.lr", self.lr, low=0.0, low_open=True)
+        if self.checkpoint is not None:
+            from pathlib import Path
+
+            if not Path(self.checkpoint).expanduser().is_file():
+                raise ECOSInputError(f"scenario.teacher.checkpoint={self.checkpoint!r} is not a file.")
+
+
+@dataclass
+class ScenarioSettings:
+    name: str = "compression"
+    epochs: int = 40
+    lr: float = 0.05
+    train_length: str = "budget"
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    temperature: Optional[float] = None  # compression: T of the distillation loss
+    teacher: Optional[TeacherSettings] = None
+
+    def __post_init__(self):
+        _whole("scenario.epochs", self.epochs, 1)
+        _number("scenario.lr", self.lr, low=0.0, low_open=True)
+        _one_of("scenario.train_length", self.train_length, ("budget", "epochs"))
+        _number("scenario.label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        _number("scenario.mixup_alpha", self.mixup_alpha, low=0.0)
+        _number("scenario.temperature", self.temperature, low=0.0, low_open=True, optional=True)
+
+
+@dataclass
+class SamplerSettings:
+    """The knobs of every sampler; each sampler's YAML sets only its own (absent ones keep these defaults)."""
+
+    temperature: float = 1.0
+    send_radii: bool = False
+    radius_quantile: float = 0.9
+    niter: int = 25
+    oversample: float = 1.0
+
+    def __post_init__(self):
+        _number("sampler.temperature", self.temperature, low=0.0, low_open=True)
+        _number("sampler.radius_quantile", self.radius_quantile, low=0.0, high=1.0, low_open=True)
+        _whole("sampler.niter", self.niter, 1)
+        _number("sampler.oversample", self.oversample, low=0.0, low_open=True)
+
+
+@dataclass
+class LabelSettings:
+    """`scenario.labels.*` of the client's k-NN labeller (annotators have none of them)."""
+
+    k: int = 10
+    sigma: Optional[float] = 2.0
+    threshold: Optional[float] = 0.5
+    delta: float = 1e-5
+
+    def __post_init__(self):
+        _whole("scenario.labels.k", self.k, 1)
+        _number("scenario.labels.sigma", self.sigma, low=0.0, low_open=True, optional=True)
+        _number("scenario.labels.threshold", self.threshold, low=0.0, high=1.0, optional=True)
+        _number("scenario.labels.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+@dataclass
+class DataSettings:
+    """The keys the on-disk sources share; digits_lite has none of them but `name`."""
+
+    name: str = "digits_lite"
+    root: Optional[str] = None
+    client_domain: Optional[str] = None
+    image_size: int = 32
+    client_fraction: float = 0.5
+    test_fraction: float = 0.2
+    max_per_domain: Optional[int] = None
+
+    def __post_init__(self):
+        _whole("data.image_size", self.image_size, 8)
+        if self.image_size > 512:
+            raise ECOSInputError(f"data.image_size must lie in [8, 512], got {self.image_size}.")
+        _number("data.client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        _number("data.test_fraction", self.test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.max_per_domain is not None:
+            _whole("data.max_per_domain", self.max_per_domain, 1)
+
+
+#: where each schema reads from in the composed config ("" = the top level)
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("", RunSettings),
+    ("datamodule", DataModuleSettings),
+    ("scenario", ScenarioSettings),
+    ("sampler", SamplerSettings),
+    ("scenario.labels", LabelSettings),
+    ("data", DataSettings),
+)
+
+
+def _read(cfg: DictConfig, prefix: str, schema: type) -> dict:
+    """The schema's keys that the config has under `prefix`, resolved (a missing `???` value is named)."""
+    node = OmegaConf.select(cfg, prefix) if prefix else cfg
+    if node is None or not isinstance(node, DictConfig):
+        return {}
+    out: dict[str, Any] = {}
+    present = set(node.keys())  # `in` is False for a `???` value, which must be named, not skipped
+    for f in fields(schema):
+        if f.name not in present:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise ECOSInputError(f"{key} must be set (add {key}=... to the command line).") from None
+        out[f.name] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return out
+
+
+def _sentence(err: ValidationError, prefix: str) -> str:
+    key = f"{prefix}.{err.full_key}" if prefix else str(err.full_key)
+    hint = typing.get_type_hints(err.object_type).get(str(err.key)) if dataclasses.is_dataclass(err.object_type) else None
+    wanted = next((t for t in typing.get_args(hint) or (hint,) if t in _TYPE_WORDS), None)
+    return f"{key} must be {_TYPE_WORDS.get(wanted, 'of another type')}, got {err.value!r}."
+
+
+def validate_config(cfg: DictConfig) -> dict[str, Any]:
+    """Every section typed and range-checked; {section: dataclass instance}. Raises `ECOSInputError`."""
+    checked = {}
+    for prefix, schema in SECTIONS:
+        values = _read(cfg, prefix, schema)
+        if prefix and not values:
+            continue
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(values))
+            checked[prefix or "run"] = OmegaConf.to_object(merged)
+        except ValidationError as err:
+            raise ECOSInputError(_sentence(err, prefix)) from None
+    _check_trainer(cfg)
+    return checked
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """A trainer key that step-based training would silently ignore is refused instead."""
+    trainer, scenario = cfg.get("trainer"), cfg.get("scenario")
+    if trainer is None or scenario is None or scenario.get("train_length", "epochs") != "budget":
+        return
+    max_epochs = OmegaConf.select(trainer, "max_epochs")
+    if max_epochs is not None and max_epochs != scenario.get("epochs"):
+        raise ECOSInputError(
+            f"trainer.max_epochs={max_epochs} has no effect under scenario.train_length=budget (every sampler trains "
+            f"scenario.epochs × ⌈budget / batch⌉ steps): set scenario.epochs={max_epochs} instead, or scenario.train_length=epochs."
+        )
+
+
+def check_against_data(cfg: DictConfig, n_pool: int, *, uses_budget: bool, uses_centroids: bool) -> None:
+    """Settings bounded by the pool, checked once the data are loaded and before any model is trained."""
+    if uses_budget:
+        check_count(cfg.budget, "budget", high=n_pool, high_name="the pool size")
+    if uses_centroids:
+        check_count(cfg.n_centroids, "n_centroids", high=n_pool, high_name="the pool size")
+
+
+def config_errors() -> tuple[type[BaseException], ...]:
+    """What a bad config raises: ours, and OmegaConf's (an interpolation that does not resolve, a key not in struct)."""
+    return (ECOSInputError, OmegaConfBaseException)

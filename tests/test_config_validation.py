@@ -1,0 +1,112 @@
+"""Settings are checked before any work: types and ranges at startup, pool-bounded ones right after the data load."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ecos_pl.config_schema import validate_config
+from ecos_pl.protocol.errors import ECOSInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("scenario", ["compression", "pseudo_label", "label_outsourcing"])
+@pytest.mark.parametrize("sampler", ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "client_data"])
+def test_every_default_configuration_is_valid(scenario, sampler):
+    checked = validate_config(composed(f"scenario={scenario}", f"sampler={sampler}"))
+    assert checked["run"].budget == 400 and checked["scenario"].name == scenario
+
+
+@pytest.mark.parametrize(
+    ("override", "sentence"),
+    [
+        ("budget=abc", "budget must be a whole number, got 'abc'."),
+        ("budget=0", "budget must be at least 1, got 0."),
+        ("budget=2.5", "budget must be a whole number, got 2.5."),
+        ("n_centroids=0", "n_centroids must be at least 1, got 0."),
+        ("seed=-1", "seed must be at least 0, got -1."),
+        ("client.epsilon=0", "client.epsilon must be a finite number in (0, ∞), got 0.0."),
+        ("client.epsilon=abc", "client.epsilon must be a number, got 'abc'."),
+        ("scenario.lr=-0.1", "scenario.lr must be a finite number in (0, ∞), got -0.1."),
+        ("scenario.epochs=0", "scenario.epochs must be at least 1, got 0."),
+        ("scenario.train_length=forever", "scenario.train_length='forever' is not one of: budget, epochs."),
+        ("scenario.temperature=0", "scenario.temperature must be a finite number in (0, ∞), got 0.0."),
+        ("scenario.teacher.source=cloud", "scenario.teacher.source='cloud' is not one of: client, pool."),
+        ("scenario.teacher.checkpoint=/no/such/teacher.safetensors", "scenario.teacher.checkpoint='/no/such/teacher.safetensors' is not a file."),
+        ("sampler.temperature=0", "sampler.temperature must be a finite number in (0, ∞), got 0.0."),
+        ("sampler.radius_quantile=1.5", "sampler.radius_quantile must be a finite number in (0, 1], got 1.5."),
+        ("sampler.send_radii=maybe", "sampler.send_radii must be true or false, got 'maybe'."),
+        ("datamodule.batch_size=0", "datamodule.batch_size must be at least 1, got 0."),
+        ("datamodule.feature_dtype=int8", "datamodule.feature_dtype='int8' is not one of: auto, float32, float16."),
+        ("trainer.max_epochs=1", "trainer.max_epochs=1 has no effect under scenario.train_length=budget"),
+    ],
+)
+def test_a_bad_setting_is_one_sentence_naming_its_key(override, sentence):
+    with pytest.raises(ECOSInputError) as err:
+        validate_config(composed(override))
+    assert str(err.value).startswith(sentence)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sentence"),
+    [
+        (["scenario=pseudo_label", "scenario.labels.k=0"], "scenario.labels.k must be at least 1, got 0."),
+        (["scenario=pseudo_label", "scenario.labels.delta=1"], "scenario.labels.delta must be a finite number in (0, 1), got 1.0."),
+        (["scenario=pseudo_label", "scenario.mixup_alpha=-1"], "scenario.mixup_alpha must be a finite number in [0, ∞), got -1.0."),
+        (["data=folders"], "data.root must be set (add data.root=... to the command line)."),
+        (["data=folders", "data.root=/x", "data.client_domain=a", "data.test_fraction=1"], "data.test_fraction must be a finite number in (0, 1), got 1.0."),
+        (["data=domainnet", "data.root=/x", "data.image_size=4"], "data.image_size must be at least 8, got 4."),
+    ],
+)
+def test_group_settings_are_checked_too(overrides, sentence):
+    with pytest.raises(ECOSInputError, match=re.escape(sentence)):
+        validate_config(composed(*overrides))
+
+
+def test_epochs_mode_honours_max_epochs():
+    validate_config(composed("scenario.train_length=epochs", "trainer.max_epochs=3"))
+
+
+def test_budget_larger_than_the_pool_stops_before_any_model_is_trained(monkeypatch):
+    from ecos_pl import experiment
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the scenario was built before the budget was checked")
+
+    monkeypatch.setattr(experiment, "build_module", no_teacher)
+    with pytest.raises(ECOSInputError, match=r"budget=100000 is larger than the pool size \(\d+\)\."):
+        experiment.run_experiment(composed("budget=100000", "logger=none", "callbacks=none"))
+
+
+def test_train_py_prints_one_sentence_exits_2_and_builds_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    results = tmp_path / "results.json"
+    cmd = [sys.executable, "train.py", "budget=abc", f"results_file={results}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**_env(), "ECOS_CACHE": str(cache)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["train.py: error: budget must be a whole number, got 'abc'."]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not results.exists() and not cache.exists()  # no data were built
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    cmd = [sys.executable, "train.py", "budget=0", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**_env(), "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ECOSInputError: budget must be at least 1, got 0." in proc.stderr
+
+
+def _env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
