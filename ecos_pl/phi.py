@@ -8,13 +8,97 @@ random-init CNN and PCA-reduced pixels, both style-preserving and offline.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import re
 from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
 
+from ecos_pl.data.folders import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ecos_pl.models import ImageClassifier
+from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import l2_normalize
+
+#: the longest descriptor a PCA-projected φ may project (PCA pixels at the largest image size)
+MAX_DESCRIPTOR = 3 * MAX_IMAGE_SIZE**2
+#: timm model names: a registered architecture, optionally with a weights tag; never a hub address or path
+TIMM_NAME = re.compile(r"[a-z0-9_]{1,96}(\.[a-z0-9_]{1,96})?")
+
+
+def check_phi_image_size(size, name: str = "image_size") -> int:
+    """The image sizes (pixels a side) a φ may be built for: this bounds every allocation a φ file can ask for."""
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ECOSInputError(f"{name} must be a whole number in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {size!r}.")
+    return size
+
+
+# --------------------------------------------------------------------------- declarative specs
+#
+# A φ file carries data only: a spec (kind + a few bounded fields, checked below) and tensors.
+# φ is rebuilt by its own class's constructor; nothing named in a file is imported or called.
+
+
+def _whole(lo: int, hi: int):
+    def check(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ECOSInputError(f"φ field {name} must be a whole number in [{lo}, {hi}], got {value!r}.")
+        return value
+
+    return check
+
+
+def _choice(*options):
+    def check(value, name):
+        if value not in options:
+            raise ECOSInputError(f"φ field {name} must be one of {', '.join(map(repr, options))}, got {value!r}.")
+        return value
+
+    return check
+
+
+def _timm_name(value, name):
+    if not isinstance(value, str) or not TIMM_NAME.fullmatch(value):
+        raise ECOSInputError(f"φ field {name} must be a timm model name (letters, digits, _ and one .tag), got {value!r:.120}.")
+    import timm
+
+    if not timm.is_model(value):
+        raise ECOSInputError(f"φ field {name}={value!r} is not a timm model (see timm.list_models()).")
+    return value
+
+
+def _pretrained_label(value, name):
+    """What the weights were made from (part of the fingerprint); weights in a φ file come from the file, never from this."""
+    if not isinstance(value, (bool, str)) or (isinstance(value, str) and len(value) > 1024):
+        raise ECOSInputError(f"φ field {name} must be true, false or a weights file name, got {value!r:.120}.")
+    return value
+
+
+def _stages(value, name):
+    whole = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not whole or not 1 <= len(value) <= 8 or len(set(value)) != len(value) or not all(0 <= v <= 7 for v in value):
+        raise ECOSInputError(f"φ field {name} must list 1 to 8 distinct stage indices in [0, 7], got {value!r:.120}.")
+    return [int(v) for v in value]
+
+
+def _input_size(value, name):
+    if value is None or value == "auto":
+        return value
+    pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ECOSInputError(f"φ field {name} must be null, 'auto' or pixels [H, W], got {value!r:.120}.")
+    return [check_phi_image_size(v, f"φ field {name}") for v in pair]
+
+
+def _check_fields(cls, spec: dict) -> dict:
+    """The constructor arguments of `cls` from a spec: every field known and within its bounds, the rest the defaults."""
+    if not isinstance(spec, dict):
+        raise ECOSInputError(f"φ spec must be a mapping of fields, got {type(spec).__name__}.")
+    unknown = sorted(set(spec) - set(cls.SPEC_FIELDS) - {"kind"})
+    if unknown:
+        raise ECOSInputError(f"φ kind {cls.kind!r} has no field {unknown[0]!r} (its fields: {', '.join(cls.SPEC_FIELDS)}).")
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    return {k: check(spec.get(k, defaults[k]), k) for k, check in cls.SPEC_FIELDS.items()}
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -40,9 +124,16 @@ def _track(steps: range, description: str, progress: bool | None):
 
 
 class FeatureExtractor(ABC):
-    """`fit` runs on the cloud on public pool images only; `transform` runs on both sides."""
+    """`fit` runs on the cloud on public pool images only; `transform` runs on both sides.
+
+    A φ that can travel in a φ file has a `kind` and `SPEC_FIELDS` (field -> bound check) and
+    implements `spec`, `state_tensors` and `load_state_tensors`; `from_spec` rebuilds it.
+    """
 
     name: str = "phi"
+    #: the φ file kind (None: this φ cannot be saved to a φ file)
+    kind: str | None = None
+    SPEC_FIELDS: dict = {}
     #: rows `transform` handles in one go; the feature cache streams the pool in blocks of this many
     #: rows, so a cached feature is computed exactly as `transform(pool)` would compute it.
     batch_rows: int = 65536
@@ -65,6 +156,29 @@ class FeatureExtractor(ABC):
         """Run `transform` on `device` from now on (a no-op for φ that have no network)."""
         return self
 
+    def _not_saveable(self):
+        return ECOSInputError(f"φ of type {type(self).__name__} cannot be saved to a φ file (kinds that can: {', '.join(PHI_KINDS)}).")
+
+    def spec(self) -> dict:
+        """The declarative description of this φ: its kind and bounded fields (what a φ file carries besides tensors)."""
+        if self.kind is None:
+            raise self._not_saveable()
+        return {"kind": self.kind, **{k: getattr(self, k) for k in self.SPEC_FIELDS}}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that, with `spec()`, rebuild this φ exactly."""
+        raise self._not_saveable()
+
+    def load_state_tensors(self, tensors: dict, image_size: int) -> "FeatureExtractor":
+        """Take the state `state_tensors` gave; every name, shape and value is checked first."""
+        raise self._not_saveable()
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, weights: bool = False, state_shapes: dict | None = None) -> "FeatureExtractor":
+        """This kind's φ from a checked spec (no state yet). `weights`: let the constructor load pretrained
+        weights (the cloud's own presets); a φ file's weights come from the file (`load_state_tensors`)."""
+        return cls(**_check_fields(cls, spec))
+
 
 class PCAProjected(FeatureExtractor):
     """A fixed descriptor of each image, centred and projected on the pool's top principal components.
@@ -77,6 +191,8 @@ class PCAProjected(FeatureExtractor):
     name = "pca_projected"
     #: at most this many pool images go into the PCA fit
     fit_rows: int = 100_000
+    SPEC_FIELDS = {"n_components": _whole(1, 4096), "seed": _whole(0, 2**32 - 1)}
+    _STATE = ("components_", "mean_", "explained_variance_")
 
     def __init__(self, n_components: int = 64, seed: int = 0):
         self.n_components = n_components
@@ -87,8 +203,41 @@ class PCAProjected(FeatureExtractor):
     def _descriptor(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, D] before the projection."""
 
-    def _spec(self) -> str:
+    @abstractmethod
+    def descriptor_dim(self, image_size: int) -> int:
+        """D of `_descriptor` for images of `image_size` pixels a side (< 1: this φ cannot run at that size)."""
+
+    def _fingerprint_text(self) -> str:
         return f"{self.name}:{self.n_components}:{self.seed}"
+
+    def state_tensors(self):
+        if self._pca is None:
+            raise ECOSInputError(f"φ ({type(self).__name__}) was never fitted, so it cannot be saved.")
+        return {f"pca.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self._pca, k))) for k in self._STATE}
+
+    def load_state_tensors(self, tensors, image_size):
+        from sklearn.decomposition import PCA
+
+        d = self.descriptor_dim(check_phi_image_size(image_size))
+        if not 1 <= d <= MAX_DESCRIPTOR:
+            raise ECOSInputError(f"φ {self.kind} cannot describe {image_size}-pixel images (its descriptor would hold {d} values).")
+        if set(tensors) != {f"pca.{k}" for k in self._STATE}:
+            raise ECOSInputError(f"φ {self.kind} state must be the tensors {', '.join(f'pca.{k}' for k in self._STATE)}.")
+        arrays = {k: tensors[f"pca.{k}"].numpy() for k in self._STATE}
+        k = arrays["components_"].shape[0] if arrays["components_"].ndim == 2 else 0
+        want = {"components_": (k, d), "mean_": (d,), "explained_variance_": (k,)}
+        for key, a in arrays.items():
+            if a.shape != want[key] or not 1 <= k <= self.n_components or a.dtype.kind != "f" or not np.isfinite(a).all():
+                raise ECOSInputError(
+                    f"φ {self.kind} state pca.{key} must be finite floats of shape {want[key]} (at most {self.n_components} components), "
+                    f"got {a.dtype} {a.shape}."
+                )
+        pca = PCA(n_components=k, random_state=self.seed, svd_solver="randomized")
+        for key, a in arrays.items():
+            setattr(pca, key, a)
+        pca.n_components_, pca.n_features_in_ = k, d
+        self._pca = pca
+        return self
 
     def fit(self, pool_images):
         from sklearn.decomposition import PCA
@@ -106,7 +255,7 @@ class PCAProjected(FeatureExtractor):
         return self._pca.transform(self._descriptor(images))
 
     def fingerprint(self):
-        h = hashlib.sha256(self._spec().encode())
+        h = hashlib.sha256(self._fingerprint_text().encode())
         if self._pca is not None:
             h.update(self._pca.components_.astype(np.float32).tobytes())
         return h.hexdigest()[:16]
@@ -115,10 +264,13 @@ class PCAProjected(FeatureExtractor):
 class PCAPixels(PCAProjected):
     """Pixels, centred and projected on the pool's top principal components (keeps colour and style)."""
 
-    name = "pca"
+    name = kind = "pca"
 
     def _descriptor(self, images):
         return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+    def descriptor_dim(self, image_size):
+        return 3 * image_size * image_size
 
 
 class HOGFeatures(PCAProjected):
@@ -130,7 +282,10 @@ class HOGFeatures(PCAProjected):
     seed 1, 10-NN over the client's own split). `pseudo_label` labels in it (README).
     """
 
-    name = "hog"
+    name = kind = "hog"
+    SPEC_FIELDS = {
+        **PCAProjected.SPEC_FIELDS, "pixels_per_cell": _whole(1, 64), "orientations": _whole(1, 64), "cells_per_block": _whole(1, 16),
+    }
 
     def __init__(self, n_components: int = 64, pixels_per_cell: int = 4, orientations: int = 9, cells_per_block: int = 2, seed: int = 0):
         super().__init__(n_components=n_components, seed=seed)
@@ -138,8 +293,13 @@ class HOGFeatures(PCAProjected):
         self.orientations = int(orientations)
         self.cells_per_block = int(cells_per_block)
 
-    def _spec(self) -> str:
-        return f"{super()._spec()}:{self.pixels_per_cell}:{self.orientations}:{self.cells_per_block}"
+    def _fingerprint_text(self) -> str:
+        return f"{super()._fingerprint_text()}:{self.pixels_per_cell}:{self.orientations}:{self.cells_per_block}"
+
+    def descriptor_dim(self, image_size):
+        """skimage's length: blocks of cells_per_block² cells of `orientations` bins, one block per cell position."""
+        blocks = image_size // self.pixels_per_cell - self.cells_per_block + 1
+        return blocks**2 * self.cells_per_block**2 * self.orientations if blocks >= 1 else 0
 
     def _descriptor(self, images):
         from skimage.color import rgb2gray
@@ -160,7 +320,11 @@ class TimmFeatures(FeatureExtractor):
     domain better than pooled features (README, "Choosing φ").
     """
 
-    name = "timm"
+    name = kind = "timm"
+    SPEC_FIELDS = {
+        "model": _timm_name, "pretrained": _pretrained_label, "seed": _whole(0, 2**63 - 1), "pooling": _choice("avg", "style"),
+        "stages": _stages, "input_size": _input_size, "batch_size": _whole(1, 4096),
+    }
 
     def __init__(
         self,
@@ -185,14 +349,59 @@ class TimmFeatures(FeatureExtractor):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         #: None: a progress bar on a terminal when there is more than one batch; True/False: always/never
         self.progress = progress
-        extra = {"features_only": True, "out_indices": self.stages} if pooling == "style" else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = ImageClassifier(
-                model, num_classes=0, pretrained=pretrained, input_size=input_size, param="phi.pretrained", **extra
-            ).eval().to(self.device)
+            self.model = self._network(model, pretrained, pooling, self.stages, input_size).eval().to(self.device)
         #: None: the data's image size; (H, W): every batch is resized to it first (`input_size: auto` or pixels)
         self.input_size = self.model.input_size
+
+    @staticmethod
+    def _network(model, pretrained, pooling, stages, input_size) -> ImageClassifier:
+        extra = {"features_only": True, "out_indices": tuple(stages)} if pooling == "style" else {}
+        return ImageClassifier(model, num_classes=0, pretrained=pretrained, input_size=input_size, param="phi.pretrained", **extra)
+
+    def spec(self):
+        size = None if self.input_size is None else [int(v) for v in self.input_size]
+        return {"kind": self.kind, "model": self.model_name, "pretrained": self.pretrained, "seed": self.seed,
+                "pooling": self.pooling, "stages": list(self.stages), "input_size": size}
+
+    @classmethod
+    def from_spec(cls, spec, *, weights=False, state_shapes=None):
+        """Checked on the meta device first (no memory): the resolved input size, and the state's names and shapes."""
+        fields = _check_fields(cls, spec)
+        label = fields["pretrained"]
+        if not weights:
+            fields["pretrained"] = False  # the weights come from the φ file, never from a cache or the network
+        try:
+            with torch.device("meta"):
+                shadow = cls._network(fields["model"], False, fields["pooling"], fields["stages"], fields["input_size"])
+        except Exception as err:  # noqa: BLE001 - timm refuses a combination (e.g. stages the model does not have)
+            raise ECOSInputError(f"φ timm {fields['model']!r} cannot be built with these fields ({type(err).__name__}: {err}).") from None
+        if shadow.input_size is not None:
+            _input_size(list(shadow.input_size), "input_size")
+        if state_shapes is not None:
+            want = {f"model.{k}": tuple(v.shape) for k, v in shadow.state_dict().items()}
+            got = {k: tuple(v) for k, v in state_shapes.items()}
+            if got != want:
+                bad = sorted(set(got) ^ set(want)) or sorted(k for k in want if got[k] != want[k])
+                raise ECOSInputError(f"φ timm {fields['model']!r} weights do not fit it (first difference: {bad[0]}).")
+        phi = cls(**fields)
+        phi.pretrained = label  # part of the fingerprint: what the weights were made from
+        return phi
+
+    def state_tensors(self):
+        return {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def load_state_tensors(self, tensors, image_size):
+        check_phi_image_size(image_size)
+        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        if len(state) != len(tensors) or any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+            raise ECOSInputError("φ timm state must be finite model.* tensors only.")
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ECOSInputError(f"φ timm {self.model_name!r} weights do not fit it ({_first_line(err)}).") from None
+        return self
 
     def to(self, device):
         self.device = str(device)
@@ -222,3 +431,42 @@ class TimmFeatures(FeatureExtractor):
         for tensor in self.model.state_dict().values():
             h.update(tensor.detach().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def _first_line(err) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+#: the φ kinds a φ file may hold, and the classes (by import path) a Hydra φ config may name
+PHI_KINDS = {cls.kind: cls for cls in (TimmFeatures, PCAPixels, HOGFeatures)}
+PHI_TARGETS = {f"{cls.__module__}.{cls.__qualname__}": kind for kind, cls in PHI_KINDS.items()}
+
+
+def _kind_class(spec) -> type[FeatureExtractor]:
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if not isinstance(kind, str) or kind not in PHI_KINDS:
+        raise ECOSInputError(f"φ kind {kind!r:.80} is not one this program builds ({', '.join(PHI_KINDS)}).")
+    return PHI_KINDS[kind]
+
+
+def check_phi_spec(spec) -> dict:
+    """The spec as a φ file's reader will check it (kind allowed, every field known and bounded)."""
+    _check_fields(_kind_class(spec), spec)
+    return spec
+
+
+def phi_from_spec(spec, *, weights: bool = False, state_shapes: dict | None = None) -> FeatureExtractor:
+    """φ from a declarative spec: its `kind` picks one of `PHI_KINDS`, whose constructor gets the checked fields."""
+    return _kind_class(spec).from_spec(spec, weights=weights, state_shapes=state_shapes)
+
+
+def spec_from_config(config) -> dict:
+    """A Hydra-style φ config (a conf/phi preset, or a format-1 φ file's) read as data: `_target_` must name a φ kind's class."""
+    if not isinstance(config, dict):
+        raise ECOSInputError(f"φ config must be a mapping, got {type(config).__name__}.")
+    target = config.get("_target_")
+    if target not in PHI_TARGETS:
+        raise ECOSInputError(
+            f"φ config names {target!r:.120}, which is not a φ class this program builds ({', '.join(PHI_TARGETS)}); nothing was run."
+        )
+    return {"kind": PHI_TARGETS[target], **{k: v for k, v in config.items() if k != "_target_"}}

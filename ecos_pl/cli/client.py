@@ -38,7 +38,7 @@ from ecos_pl.cli.common import (
     eps_text,
 )
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.features import unit_rows
+from ecos_pl.protocol.features import is_l2_normalized, unit_rows
 from ecos_pl.protocol.messages import (
     HEADER_BYTES,
     CentroidsMessage,
@@ -49,6 +49,7 @@ from ecos_pl.protocol.messages import (
     phi_tag,
 )
 from ecos_pl.protocol.parties import ECOSClient
+from ecos_pl.protocol.score import check_centroids
 
 PROG = "ecos-client"
 PHI_FILE = "phi.safetensors"
@@ -89,7 +90,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
         return x, None, None
     phi, image_size = _client_phi(args, message, message_flag)
     root = existing_dir(args.images, "--images")
-    paths = list_images(root)
+    paths = list_images(root, "--images")
     if labelled:
         loose = [p for p in paths if "/" not in p]
         if loose:
@@ -112,7 +113,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
 
 
 def cmd_score(args) -> int:
-    message, _ = read_message(args.centroids, CentroidsMessage, "--centroids")
+    message, _ = read_message(args.centroids, CentroidsMessage, "--centroids", check_centroids)
     features, _, _ = _client_features(args, message, "--centroids")
     seed = fresh_seed(args.seed)
     client = ECOSClient(features, epsilon=args.epsilon, seed=seed, use_radii=not args.ignore_radii)
@@ -132,10 +133,17 @@ def cmd_score(args) -> int:
 # --------------------------------------------------------------------------- label
 
 
+def _unit_proxy_features(message: ProxyFeaturesMessage) -> ProxyFeaturesMessage:
+    """Proxy features are φ's features of pool samples, so every row is unit-norm (or zero)."""
+    if not is_l2_normalized(message.features):
+        raise ECOSInputError("proxy features message holds rows that are not unit-norm; φ's features always are.")
+    return message
+
+
 def cmd_label(args) -> int:
     from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
 
-    message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features")
+    message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features", _unit_proxy_features)
     if args.features is not None and args.labels is None:
         raise ECOSInputError("--features needs --labels (one class index per row) to label the proxy set.")
     if args.features is None and (args.labels is not None or args.num_classes is not None):

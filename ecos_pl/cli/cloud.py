@@ -39,6 +39,8 @@ from ecos_pl.cli.common import (
     load_phi,
     make_parser,
     nonneg_int,
+    parse_path_list,
+    path_list_text,
     phi_preset,
     phi_preset_names,
     positive_float,
@@ -47,6 +49,7 @@ from ecos_pl.cli.common import (
     read_list,
     read_message,
     replace_dir,
+    require_images,
     run_program,
     say,
     phi_file_bytes,
@@ -67,7 +70,7 @@ from ecos_pl.protocol.messages import (
     answer_tag,
     phi_tag,
 )
-from ecos_pl.protocol.parties import ECOSCloud
+from ecos_pl.protocol.parties import CLIENT_CAP, ECOSCloud
 from ecos_pl.protocol.samplers import ECOSSampler
 
 PROG = "ecos-cloud"
@@ -147,7 +150,8 @@ def load_state(path) -> CloudState:
     else:
         feature_file = folder / "pool_features.npy"
     features = read_features(feature_file, "--state")
-    paths = (folder / "pool_paths.txt").read_text().splitlines() if (folder / "pool_paths.txt").is_file() else None
+    paths_file = folder / "pool_paths.txt"
+    paths = parse_path_list(paths_file.read_text(encoding="utf-8"), f"--state {path}: {paths_file.name}") if paths_file.is_file() else None
     n = len(features)
     if len(clusters.assignments) != n or centroids.n_centroids != settings["n_centroids"] or (paths is not None and len(paths) != n):
         raise ECOSInputError(f"--state {path} is inconsistent: its pool, clustering and centroids disagree in size.")
@@ -204,10 +208,10 @@ def cmd_compress(args) -> int:
         pool_source, paths, root = {"kind": "features", **file_identity(Path(args.features).expanduser())}, None, None
     else:
         root = existing_dir(args.pool, "--pool").resolve()
-        paths = read_list(args.pool_list, "--pool-list", root) if args.pool_list else list_images(root)
-        phi, phi_config, image_size, phi_source = _resolve_phi(args.phi, args.seed, args.image_size)
+        paths = require_images(read_list(args.pool_list, "--pool-list", root) if args.pool_list else list_images(root, "--pool"), "--pool", root)
         if len(paths) < args.centroids:
             raise ECOSInputError(f"--centroids {args.centroids} is larger than the pool ({len(paths)} images).")
+        phi, phi_config, image_size, phi_source = _resolve_phi(args.phi, args.seed, args.image_size)
         say(f"pool: {len(paths):,} images under {root}; decoding at {image_size}x{image_size}")
         images, paths = decode_images(root, paths, image_size, "--pool")
         if phi_config is not None:
@@ -231,7 +235,7 @@ def cmd_compress(args) -> int:
     phi_file = out_dir / "phi.safetensors"
     phi_bytes = None  # everything is computed and checked before the first file is written
     if phi is not None and phi_source is None:
-        phi_bytes = phi_file_bytes(phi, phi_config, image_size)
+        phi_bytes = phi_file_bytes(phi, image_size)
     elif phi_source is not None and phi_source.resolve() != phi_file.resolve():
         phi_bytes = phi_source.read_bytes()
     settings = {
@@ -259,7 +263,7 @@ def cmd_compress(args) -> int:
         (folder / "centroids.ecos").write_bytes(data)
         if pool_source["kind"] == "images":
             np.save(folder / "pool_features.npy", np.ascontiguousarray(features, dtype=np.float32))
-            (folder / "pool_paths.txt").write_text("".join(f"{p}\n" for p in paths))
+            (folder / "pool_paths.txt").write_text(path_list_text(paths), encoding="utf-8")
 
     replace_dir(build, out_dir / "state")
     write_bytes_atomic(out_dir / "centroids.ecos", data)
@@ -308,7 +312,12 @@ def cmd_select(args) -> int:
         if msg.n_centroids != state.n_centroids:
             raise ECOSInputError(f"--scores {path} has {msg.n_centroids} scores but the cloud's state has R={state.n_centroids} centroids.")
         if msg.tag is None:
-            warnings.warn(f"--scores {path} carries no tag, so it cannot be checked against these centroids.", stacklevel=1)
+            if not args.allow_untagged:
+                raise ECOSInputError(
+                    f"--scores {path} carries no tag, so nothing shows it answers these centroids; "
+                    "pass --allow-untagged to use it unchecked."
+                )
+            warnings.warn(f"--scores {path} carries no tag; used unchecked (--allow-untagged).", stacklevel=1)
         elif msg.tag != state.answer_tag:
             raise ECOSInputError(
                 f"--scores {path} answers other centroids (tag {msg.tag.hex()}) than this state's (tag {state.answer_tag.hex()}): "
@@ -318,10 +327,19 @@ def cmd_select(args) -> int:
         clients.append(_client_entry(path, msg))
     temperature = state.settings["temperature"] if args.temperature is None else args.temperature
     cloud = state.cloud(temperature)
+    cloud.client_cap = args.client_cap
     t0 = time.perf_counter()
     indices = cloud.select(replies, budget)
     seconds = time.perf_counter() - t0
-    total = np.sum([r.scores.astype(np.float64) for r in replies], axis=0)
+    total = cloud.fleet_scores
+    for entry, msg, scale in zip(clients, replies, cloud.client_scales):
+        entry["cap_scale"] = scale
+        if scale is not None:
+            warnings.warn(
+                f"--scores {entry['scores_file']} claims {msg.scores.sum():.6g} samples, more than --client-cap {args.client_cap:g} "
+                f"times the other clients' median; its scores count {scale:.3g} of their value.",
+                stacklevel=1,
+            )
     proxy = {
         "format": PROXY_FORMAT,
         "budget": budget,
@@ -381,6 +399,8 @@ def cmd_labels(args) -> int:
     if msg.n_samples != len(indices):
         raise ECOSInputError(f"--labels {args.labels} holds {msg.n_samples} labels but the proxy set has {len(indices)} samples.")
     expected = answer_tag(_proxy_features_message(state, indices))
+    if msg.tag is None and not args.allow_untagged:
+        raise ECOSInputError(f"--labels {args.labels} carries no tag, so nothing shows it answers this proxy set; pass --allow-untagged to use it unchecked.")
     if msg.tag is not None and msg.tag != expected:
         raise ECOSInputError(f"--labels {args.labels} answers other proxy features (tag {msg.tag.hex()}) than this proxy set's (tag {expected.hex()}).")
     clients = proxy["clients"]
@@ -421,21 +441,27 @@ def cmd_labels(args) -> int:
 # --------------------------------------------------------------------------- simulation helper
 
 
-def _data_error(err: ECOSInputError) -> ECOSInputError:
-    text = str(err)
+def _data_text(text) -> str:
+    """A `folders` message, with the config keys it names spelled as this command's flags."""
+    text = str(text)
     for key, flag in (("data.root", "--root"), ("data.client_domain", "--client-domain"), ("data.client_fraction", "--client-fraction"),
                       ("data.test_fraction", "--test-fraction"), ("data.max_per_domain", "--max-per-domain")):
         text = text.replace(key, flag)
-    return ECOSInputError(text)
+    return text
 
 
 def cmd_split_folders(args) -> int:
     from ecos_pl.data.folders import split_folders
 
     try:
-        splits = split_folders(args.root, args.client_domain, args.client_fraction, args.test_fraction, args.seed, args.max_per_domain)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            splits = split_folders(args.root, args.client_domain, args.client_fraction, args.test_fraction, args.seed, args.max_per_domain)
     except ECOSInputError as err:
-        raise _data_error(err) from None
+        raise ECOSInputError(_data_text(err)) from None
+    finally:
+        for w in caught:  # skipped files and folders, named as this command's flags name them
+            warnings.warn(_data_text(w.message), w.category, stacklevel=1)
     client_dir = Path(args.client_dir).expanduser()
     if client_dir.exists() and (not client_dir.is_dir() or any(client_dir.iterdir())):
         raise ECOSInputError(f"--client-dir {args.client_dir} already exists and is not an empty folder; give a new one.")
@@ -448,9 +474,9 @@ def cmd_split_folders(args) -> int:
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / path, folder / rel)
 
-    header = (f"# pool of {root} (ecos-cloud split-folders --client-domain {args.client_domain} --seed {args.seed} "
-              f"--client-fraction {args.client_fraction} --test-fraction {args.test_fraction}); paths relative to it\n")
-    write_bytes_atomic(args.pool_list, (header + "".join(f"{p}\n" for p in splits.paths["pool"])).encode())
+    comment = (f"pool of {root} (ecos-cloud split-folders --client-domain {args.client_domain} --seed {args.seed} "
+               f"--client-fraction {args.client_fraction} --test-fraction {args.test_fraction}); paths relative to it")
+    write_bytes_atomic(args.pool_list, path_list_text(splits.paths["pool"], comment).encode("utf-8"))
     replace_dir(build, client_dir)
     say(f"wrote {args.pool_list}: the pool, {len(splits.paths['pool']):,} images (for the cloud: --pool {root} --pool-list {args.pool_list})",
         f"copied the client's training split, {len(train):,} images in {len(splits.class_names)} class folders, to {client_dir}/ "
@@ -511,6 +537,10 @@ def build_parser():
     p.add_argument("--scores", required=True, nargs="+", metavar="SCORES.ecos", help="one scores file per client")
     p.add_argument("--budget", "-B", required=True, type=positive_int("--budget"), metavar="B", help="proxy-set size")
     p.add_argument("--temperature", type=positive_float("--temperature"), default=None, help="override τ (default: compress's)")
+    p.add_argument("--client-cap", type=positive_float("--client-cap", allow_none=True, at_least=1.0), default=CLIENT_CAP, metavar="F",
+                   help="no client's scores weigh more than F times the median of the other clients' totals (the samples they "
+                        "claim); none: no cap (default %(default)s)")
+    p.add_argument("--allow-untagged", action="store_true", help="use scores files that carry no tag (nothing checks what they answer)")
     p.add_argument("--out", required=True, metavar="proxy.json")
     p.set_defaults(func=cmd_select)
 
@@ -530,6 +560,7 @@ def build_parser():
     p.add_argument("--labels", required=True, metavar="labels.ecos")
     p.add_argument("--client", metavar="SCORES_FILE", help="which client labelled (its scores file as named in proxy.json), to compose its ε")
     p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=1e-5, help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--allow-untagged", action="store_true", help="use a labels file that carries no tag (nothing checks what it answers)")
     p.add_argument("--out", required=True, metavar="proxy_labels.json")
     p.set_defaults(func=cmd_labels)
 

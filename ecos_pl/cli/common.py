@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 
 from ecos_pl import atomic
 from ecos_pl.atomic import _umask, write_atomic
+from ecos_pl.data.folders import IMAGE_EXTENSIONS
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
 
@@ -25,9 +27,10 @@ from ecos_pl.protocol.features import unit_rows
 EXIT_BAD_INPUT = 2
 #: the project's Hydra configs (φ presets); present in a source checkout
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 DEFAULT_IMAGE_SIZE = 32  # conf/data/*.yaml image_size
-PHI_FORMAT = "ecos-phi/1"
+#: φ files: data only (a declarative spec of a known φ kind + tensors); format 1 named the class in a Hydra config
+PHI_FORMAT = "ecos-phi/2"
+PHI_FORMAT_1 = "ecos-phi/1"
 
 
 # --------------------------------------------------------------------------- program frame
@@ -116,7 +119,7 @@ def nonneg_int(name: str) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(name: str, *, allow_none: bool = False, below_one: bool = False) -> Callable[[str], float | None]:
+def positive_float(name: str, *, allow_none: bool = False, below_one: bool = False, at_least: float | None = None) -> Callable[[str], float | None]:
     def parse(text: str):
         if allow_none and text.strip().lower() in ("none", "null", "off", "0"):
             return None
@@ -124,8 +127,8 @@ def positive_float(name: str, *, allow_none: bool = False, below_one: bool = Fal
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not np.isfinite(value) or value <= 0 or (below_one and value >= 1):
-            bound = "in (0, 1)" if below_one else "a positive, finite number"
+        if not np.isfinite(value) or value <= 0 or (below_one and value >= 1) or (at_least is not None and value < at_least):
+            bound = "in (0, 1)" if below_one else f"a finite number >= {at_least:g}" if at_least is not None else "a positive, finite number"
             raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
         return value
 
@@ -202,12 +205,17 @@ def replace_dir(build: Callable[[Path], None], target: Path) -> Path:
     return target
 
 
-def read_message(path, cls, flag: str):
-    """(message, its bytes) from a file; anything wrong is one sentence that names the file."""
+def read_message(path, cls, flag: str, check: Callable | None = None):
+    """(message, its bytes) from a file, bounded before it is read; `check` vets the values. Errors name the file."""
+    from ecos_pl.protocol.messages import MAX_MESSAGE_BYTES
+
     p = existing_file(path, flag)
+    if p.stat().st_size > MAX_MESSAGE_BYTES:
+        raise ECOSInputError(f"{flag} {path} has {p.stat().st_size} bytes, more than any ECOS message can ({MAX_MESSAGE_BYTES}).")
     data = p.read_bytes()
     try:
-        return cls.from_bytes(data), data
+        message = cls.from_bytes(data)
+        return (message if check is None else check(message)), data
     except ECOSInputError as err:
         raise ECOSInputError(f"{flag} {path}: {err}") from None
 
@@ -237,34 +245,78 @@ def sha1_indices(indices: np.ndarray) -> str:
 # --------------------------------------------------------------------------- images
 
 
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def list_images(folder: Path, flag: str) -> list[str]:
+    """Every image under `folder` (any depth; symlinked folders are not entered), as sorted "/"-separated relative paths.
 
+    Hidden entries are skipped; an entry that cannot be read is skipped with a warning naming it
+    (`list_entries`, the `folders` data source's listing).
+    """
+    from ecos_pl.data.folders import list_entries
 
-def list_images(folder: Path) -> list[str]:
-    """Every image under `folder` (any depth), as sorted "/"-separated relative paths; hidden entries are skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(folder)
-        found += [(rel / f).as_posix() for f in filenames if not f.startswith(".") and _is_image(f)]
+    found, todo = [], [""]
+    while todo:
+        rel = todo.pop()
+        dirs, files = list_entries(folder / rel if rel else folder, flag, follow_dir_links=False)
+        found += [f"{rel}{f}" for f in files]
+        todo += [f"{rel}{d}/" for d in dirs]
     return sorted(found)
 
 
+# A list of image paths is text, one path a line, as people write it; a path that a line cannot
+# hold as it is (a newline or other control character in it, a leading quote, #, or space) is
+# written as a JSON string literal on its line, so every file name survives a round trip.
+_LIST_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029]|^["#\s]|\s$')
+
+
+def path_list_text(paths: list[str], comment: str = "") -> str:
+    """The text of a list of paths (see `parse_path_list`), after `comment` as # lines."""
+    lines = [f"# {line}" for line in comment.split("\n")] if comment else []
+    lines += [json.dumps(q, ensure_ascii=False) if not q or _LIST_UNSAFE.search(q) else q for q in paths]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def parse_path_list(text: str, where: str) -> list[str]:
+    """Paths from `path_list_text`, or a hand-written list (blank lines and # comments ignored; CRLF allowed)."""
+    paths = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith('"'):
+            try:
+                line = json.loads(line)
+            except ValueError:
+                raise ECOSInputError(f"{where}, line {number}: a quoted path must be one JSON string, got {line[:80]!r}.") from None
+            if not isinstance(line, str):
+                raise ECOSInputError(f"{where}, line {number}: a quoted path must be one JSON string.")
+        if "\x00" in line:
+            raise ECOSInputError(f"{where}, line {number}: a path cannot hold a NUL character.")
+        paths.append(line)
+    return paths
+
+
 def read_list(path, flag: str, root: Path) -> list[str]:
-    """Image paths relative to `root`, one a line (blank lines and lines starting with # are ignored)."""
+    """Image paths relative to `root` (`parse_path_list`), each a file inside `root`: no absolute path, no `..`."""
     p = existing_file(path, flag)
     try:
-        lines = p.read_text().splitlines()
+        paths = parse_path_list(p.read_text(encoding="utf-8"), f"{flag} {path}")
     except UnicodeDecodeError:
         raise ECOSInputError(f"{flag} {path} is not a text file of image paths.") from None
-    paths = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not paths:
         raise ECOSInputError(f"{flag} {path} lists no images.")
+    outside = [q for q in paths if q.startswith(("/", "\\")) or ".." in q.replace("\\", "/").split("/")]
+    if outside:
+        raise ECOSInputError(f"{flag} {path} lists {outside[0]!r}, which is not a path inside --pool {root} (no absolute paths, no ..).")
     missing = [q for q in paths if not (root / q).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ECOSInputError(f"{flag} {path} lists {missing[0]}{more}, which is not a file under {root}.")
+        raise ECOSInputError(f"{flag} {path} lists {missing[0]!r}{more}, which is not a file under {root}.")
+    return paths
+
+
+def require_images(paths: list[str], flag: str, root: Path) -> list[str]:
+    if not paths:
+        raise ECOSInputError(f"{flag} {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
     return paths
 
 
@@ -272,9 +324,7 @@ def decode_images(root: Path, paths: list[str], size: int, flag: str) -> tuple[n
     """uint8 [N, size, size, 3] decoded exactly as the `folders` data source does; undecodable files skipped with a warning."""
     from ecos_pl.data.folders import decode_all
 
-    if not paths:
-        raise ECOSInputError(f"{flag} {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    images, ok, failed = decode_all(root, paths, size)
+    images, ok, failed = decode_all(root, require_images(paths, flag, root), size)
     for path, reason in failed[:20]:
         warnings.warn(f"skipping {path} under {root}: it cannot be decoded as an image ({reason}).", stacklevel=2)
     if len(failed) > 20:
@@ -285,9 +335,9 @@ def decode_images(root: Path, paths: list[str], size: int, flag: str) -> tuple[n
 
 
 def check_image_size(size: int | None) -> int | None:
-    if size is not None and not 8 <= size <= 512:
-        raise ECOSInputError(f"--image-size must lie in [8, 512], got {size}.")
-    return size
+    from ecos_pl.phi import check_phi_image_size
+
+    return None if size is None else check_phi_image_size(size, "--image-size")
 
 
 # --------------------------------------------------------------------------- φ
@@ -301,100 +351,94 @@ def phi_preset(name: str, seed: int) -> dict:
     """A φ preset from conf/phi/<name>.yaml, resolved with `seed` (train.py's `${seed}`), as a plain dict."""
     from omegaconf import OmegaConf
 
-    path = CONF_DIR / "phi" / f"{name}.yaml"
-    if not path.is_file():
+    if name not in phi_preset_names():  # a name, never a path to some other yaml
         names = ", ".join(phi_preset_names()) or "(none found: no conf/ folder next to the package)"
         raise ECOSInputError(f"--phi {name} is neither a φ file nor a preset of conf/phi/ ({names}).")
-    root = OmegaConf.create({"seed": int(seed), "phi": OmegaConf.load(path)})
+    root = OmegaConf.create({"seed": int(seed), "phi": OmegaConf.load(CONF_DIR / "phi" / f"{name}.yaml")})
     return OmegaConf.to_container(root.phi, resolve=True)
 
 
-def build_phi(config: dict):
-    import hydra.utils
+def build_phi(config: dict, flag: str = "--phi"):
+    """φ of a conf/phi preset, by its class's own constructor (the preset's `_target_` must name a φ kind)."""
+    from ecos_pl.phi import phi_from_spec, spec_from_config
 
     try:
-        return hydra.utils.instantiate(dict(config))
+        return phi_from_spec(spec_from_config(config), weights=True)
+    except ECOSInputError as err:
+        raise ECOSInputError(f"{flag}: {err}") from None
     except Exception as err:  # noqa: BLE001 - a φ that cannot be built: missing weights, a bad setting
         cause = err.__cause__ or err
-        raise ECOSInputError(f"φ {config.get('_target_')} cannot be built: {_one_line(cause)}") from None
-
-
-def _phi_state(phi) -> dict:
-    """The tensors that, with the config, rebuild `phi` exactly."""
-    import torch
-
-    from ecos_pl.phi import PCAProjected, TimmFeatures
-
-    if isinstance(phi, TimmFeatures):
-        return {f"model.{k}": v.detach().cpu().contiguous() for k, v in phi.model.state_dict().items()}
-    if isinstance(phi, PCAProjected):
-        pca = getattr(phi, "_pca", None)
-        if pca is None:
-            raise ECOSInputError(f"φ ({type(phi).__name__}) was never fitted, so it cannot be saved.")
-        arrays = {"components_": pca.components_, "mean_": pca.mean_, "explained_variance_": pca.explained_variance_}
-        return {f"pca.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    raise ECOSInputError(f"φ of type {type(phi).__name__} cannot be saved to a φ file (only timm and PCA-projected φ can).")
+        raise ECOSInputError(f"{flag}: φ {config.get('_target_')} cannot be built: {_one_line(cause)}") from None
 
 
 def _probe_images(size: int) -> np.ndarray:
     return np.random.default_rng(20221024).integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
 
 
-def phi_file_bytes(phi, config: dict, image_size: int) -> bytes:
-    """φ as one pickle-free safetensors file: its weights (or fitted PCA), its config, image size, fingerprint and a probe."""
+def phi_file_bytes(phi, image_size: int) -> bytes:
+    """φ as one safetensors file of data only: its spec, state tensors, image size, fingerprint and a probe."""
     import torch
     from safetensors.torch import save
 
-    tensors = _phi_state(phi)
+    from ecos_pl.phi import check_phi_image_size, check_phi_spec
+
+    spec = check_phi_spec(phi.spec())  # what the client will accept
+    check_phi_image_size(image_size, "--image-size")
+    tensors = phi.state_tensors()
     tensors["probe.features"] = torch.from_numpy(phi.transform(_probe_images(image_size)))
-    meta = {"format": PHI_FORMAT, "config": config, "image_size": int(image_size), "fingerprint": phi.fingerprint()}
+    meta = {"format": PHI_FORMAT, "spec": spec, "image_size": int(image_size), "fingerprint": phi.fingerprint()}
     return save(tensors, metadata={"ecos_phi": json.dumps(meta)})
 
 
-def load_phi(path, flag: str = "--phi"):
-    """(φ, its image size) from a φ file; checks that the rebuilt φ has the saved fingerprint and features."""
+def _phi_file_parts(p: Path, flag: str, path) -> tuple[dict, int, str, dict]:
+    """(spec, image size, fingerprint, tensor shapes) from a φ file's header; no tensor is read yet."""
     from safetensors import safe_open
 
-    from ecos_pl.phi import PCAProjected, TimmFeatures
+    from ecos_pl.phi import spec_from_config
 
-    p = existing_file(path, flag)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["ecos_phi"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        config, image_size, fingerprint = dict(meta["config"]), int(meta["image_size"]), str(meta["fingerprint"])
-        if meta.get("format") != PHI_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}")
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        if not isinstance(meta, dict) or meta.get("format") not in (PHI_FORMAT, PHI_FORMAT_1):
+            raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else None!r}")
+        fingerprint, image_size = meta["fingerprint"], meta["image_size"]
     except Exception as err:  # noqa: BLE001 - not a safetensors file, or not ours
         raise ECOSInputError(f"{flag} {path} is not a φ file written by ecos-cloud ({type(err).__name__}).") from None
-    original_pretrained = config.get("pretrained")
-    if "pretrained" in config:
-        config["pretrained"] = False  # the weights come from the file, never from a cache or the network
-    phi = build_phi(config)
-    try:
-        if isinstance(phi, TimmFeatures):
-            state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-            phi.model.load_state_dict(state, strict=True)
-            phi.pretrained = original_pretrained  # part of the fingerprint
-        elif isinstance(phi, PCAProjected):
-            from sklearn.decomposition import PCA
+    # format 1 named φ's class in a Hydra config; it is read as data, against the same allow-list
+    spec = meta.get("spec") if meta["format"] == PHI_FORMAT else spec_from_config(meta.get("config"))
+    return spec, image_size, str(fingerprint), shapes
 
-            comps = tensors["pca.components_"].numpy()
-            pca = PCA(n_components=comps.shape[0], random_state=getattr(phi, "seed", 0), svd_solver="randomized")
-            pca.components_ = comps
-            pca.mean_ = tensors["pca.mean_"].numpy()
-            pca.explained_variance_ = tensors["pca.explained_variance_"].numpy()
-            pca.n_components_ = comps.shape[0]
-            pca.n_features_in_ = comps.shape[1]
-            phi._pca = pca
-        else:
-            raise ECOSInputError(f"{flag} {path} holds a φ of type {type(phi).__name__}, which this program cannot load.")
-    except (RuntimeError, KeyError) as err:
-        raise ECOSInputError(f"{flag} {path}: its weights do not fit its φ config ({type(err).__name__}).") from None
+
+def load_phi(path, flag: str = "--phi"):
+    """(φ, its image size) from a φ file: data only, rebuilt by its kind's constructor, every field bounded first.
+
+    Nothing in the file is imported, called or unpickled. The rebuilt φ must have the
+    saved fingerprint and compute the saved features of the probe images.
+    """
+    from safetensors import safe_open
+
+    from ecos_pl.phi import check_phi_image_size, phi_from_spec
+
+    p = existing_file(path, flag)
+    try:
+        spec, image_size, fingerprint, shapes = _phi_file_parts(p, flag, path)
+        image_size = check_phi_image_size(image_size)  # before anything is allocated for it
+        shapes.pop("probe.features", None)
+        phi = phi_from_spec(spec, state_shapes=shapes)
+        with safe_open(str(p), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        probe = tensors.pop("probe.features", None)
+        phi.load_state_tensors(tensors, image_size)
+    except ECOSInputError as err:
+        raise ECOSInputError(f"{flag} {path}: {err}") from None
     if phi.fingerprint() != fingerprint:
         raise ECOSInputError(f"{flag} {path} does not rebuild the φ it was saved from (fingerprint {phi.fingerprint()} != {fingerprint}).")
     # a sanity check of the weights, tolerant of device arithmetic (the cloud may have run φ on a GPU, in TF32)
-    cosine = np.sum(phi.transform(_probe_images(image_size)) * tensors["probe.features"].numpy(), axis=1)
+    features = phi.transform(_probe_images(image_size))
+    if probe is None or tuple(probe.shape) != features.shape:
+        raise ECOSInputError(f"{flag} {path}: its probe features do not match its φ (shape {None if probe is None else tuple(probe.shape)}).")
+    cosine = np.sum(features * probe.numpy(), axis=1)
     if not (cosine > 0.999).all():
         raise ECOSInputError(f"{flag} {path}: the rebuilt φ computes different features than the cloud's on its probe images.")
     return phi, image_size

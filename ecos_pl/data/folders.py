@@ -131,17 +131,38 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_entries(directory: Path) -> tuple[list[str], list[str]]:
-    """(sorted sub-folder names, sorted image file names) directly inside `directory`; hidden entries are ignored."""
+def list_entries(directory: Path, where: str = "data.root", *, follow_dir_links: bool = True) -> tuple[list[str], list[str]]:
+    """(sorted sub-folder names, sorted image file names) directly inside `directory`; hidden entries are ignored.
+
+    What cannot be listed (a folder that cannot be opened, a symlink loop, a name that is not
+    UTF-8 and so could not be written to a list or hashed) is skipped with a warning naming it,
+    so one bad entry never aborts a whole tree. `where` is the parameter the warning names.
+    """
     dirs, files = [], []
-    with os.scandir(directory) as it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif entry.is_file() and _is_image(entry.name):
-                files.append(entry.name)
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except OSError as err:
+        warnings.warn(f"{where}: skipping the folder {str(directory)!r}: it cannot be read ({err.strerror or err}).", stacklevel=2)
+        return [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=follow_dir_links)
+            is_image = not is_dir and entry.is_file() and _is_image(entry.name)
+            if is_dir or is_image:
+                entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            warnings.warn(f"{where}: skipping {entry.path!r}: its name is not valid UTF-8.", stacklevel=2)
+            continue
+        except OSError as err:  # a symlink loop, a file that vanished or cannot be examined
+            warnings.warn(f"{where}: skipping {entry.path!r}: it cannot be read ({err.strerror or err}).", stacklevel=2)
+            continue
+        if is_dir:
+            dirs.append(entry.name)
+        elif is_image:
+            files.append(entry.name)
     return sorted(dirs), sorted(files)
 
 

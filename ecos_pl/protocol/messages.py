@@ -58,6 +58,22 @@ _NO_TAG = bytes(TAG_BYTES)
 _HEADER = struct.Struct(f"<4sBBBBIId{TAG_BYTES}s")
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _CRC.size
+#: bounds of the header's shape fields, checked before anything is allocated for a payload:
+#: rows (R centroids or scores, B proxy samples or labels), columns d, and values R·d (1 GiB of float32)
+MAX_ROWS = 2**24
+MAX_DIM = 2**16
+MAX_VALUES = 2**28
+#: the longest message there can be; a longer file is refused before it is read
+MAX_MESSAGE_BYTES = HEADER_BYTES + 4 * (MAX_VALUES + MAX_ROWS)
+
+
+def check_message_shape(what: str, r: int, d: int) -> None:
+    """R and d within the bounds every reader accepts (a message that breaks them is never written or read)."""
+    if not (1 <= r <= MAX_ROWS and 1 <= d <= MAX_DIM and r * d <= MAX_VALUES):
+        raise ECOSInputError(
+            f"{what} message says R={r}, d={d}; this program reads 1 <= R <= {MAX_ROWS}, 1 <= d <= {MAX_DIM} "
+            f"and R·d <= {MAX_VALUES}."
+        )
 
 
 def phi_tag(fingerprint: str) -> bytes:
@@ -84,6 +100,7 @@ def _check_tag(tag) -> bytes | None:
 
 
 def _pack(kind: int, flags: int, dtype: int, r: int, d: int, value: float | None, tag: bytes | None, payload: bytes) -> bytes:
+    check_message_shape(KIND_NAMES[kind], r, d)
     if value is not None:
         flags |= FLAG_VALUE
     if tag is not None:
@@ -111,6 +128,8 @@ def _envelope(data, what: str) -> _Parsed:
     data = bytes(data)
     if len(data) < HEADER_BYTES:
         raise ECOSInputError(f"{what} message is truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}.")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ECOSInputError(f"{what} message has {len(data)} bytes, more than any message can ({MAX_MESSAGE_BYTES}).")
     magic, version, kind, flags, dtype, r, d, value, tag = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ECOSInputError(f"{what} message does not start with the ECOS magic bytes; it is not an ECOS message.")
@@ -142,8 +161,7 @@ def _unpack(data, kind: int, dtype: int, allowed_flags: int) -> tuple[_Parsed, n
         raise ECOSInputError(f"{what} message has flags {p.flags:#04x}, which this kind does not use.")
     if p.dtype != dtype:
         raise ECOSInputError(f"{what} message has dtype code {p.dtype}; {what} are always {DTYPES[dtype].name} (code {dtype}).")
-    if p.r < 1 or p.d < 1:
-        raise ECOSInputError(f"{what} message says R={p.r}, d={p.d}; both must be at least 1.")
+    check_message_shape(what, p.r, p.d)
     itemsize = DTYPES[dtype].itemsize
     if len(p.payload) % itemsize:
         raise ECOSInputError(f"{what} message has {len(p.payload)} payload bytes, not a whole number of {itemsize}-byte values.")

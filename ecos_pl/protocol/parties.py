@@ -15,17 +15,56 @@ from ecos_pl.protocol.compress import PoolClusters, compress
 from ecos_pl.protocol.errors import ECOSInputError, check_epsilon
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
+from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
+
+#: default per-client cap of a fleet selection (see `cap_client_scores`)
+CLIENT_CAP = 2.0
+
+
+def cap_client_scores(scores: list[np.ndarray], cap: float | None = CLIENT_CAP) -> tuple[list[np.ndarray], list[float | None]]:
+    """Each client's scores, scaled down where one client claims more than `cap` times the others' median.
+
+    A client's scores count its samples per centroid, so their total is the number of samples it
+    claims; the cloud cannot check it, and a forged file can claim 1e9. With more than one client,
+    a client whose total exceeds `cap` × the median of the *other* clients' totals has its scores
+    scaled (all by one factor, so its own proportions stay) to exactly that bound: a forger weighs
+    at most as much as an honest client holding `cap` times the median client's samples. Scores
+    under the bound are returned untouched, so an honest fleet of comparable clients selects
+    exactly what it did without the cap. The bound is on totals, not on where the votes go: at
+    τ < 1, which favours concentrated votes, a capped total put on one centroid can still weigh
+    more than its share (as an honest client with all its samples in one cluster would).
+    `cap=None`: no cap. Returns (scores, per-client scale or None where untouched).
+    """
+    scores = [np.asarray(v, dtype=np.float64) for v in scores]
+    scales: list[float | None] = [None] * len(scores)
+    if cap is None or len(scores) < 2:
+        return scores, scales
+    if not (np.isfinite(cap) and cap >= 1):
+        raise ECOSInputError(f"client_cap must be a number >= 1 (or None for no cap), got {cap!r}.")
+    totals = np.array([v.sum() for v in scores])
+    capped = list(scores)
+    for i, total in enumerate(totals):
+        others = np.delete(totals, i)
+        others = others[others > 0]  # a client whose samples covered no centroid says nothing about sizes
+        bound = cap * float(np.median(others)) if len(others) else np.inf
+        if total > bound:
+            scales[i] = bound / total
+            capped[i] = scores[i] * scales[i]
+    return capped, scales
 
 
 class ECOSClient:
     """Holds the private features; answers a centroids message with coverage scores and nothing else."""
 
-    def __init__(self, features: np.ndarray, *, epsilon: float | None = None, seed: int = 0, use_radii: bool = True):
+    def __init__(self, features: np.ndarray, *, epsilon: float | None = None, mechanism: str = "gaussian",
+                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True):
         self._features = unit_rows(features, "client_features")
-        self.epsilon = check_epsilon(epsilon)
-        self.seed = int(seed)
+        #: how the scores are privatised; `epsilon=None`: exact counts. `seed=None`: noise from the OS's CSPRNG
+        self.privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta)
+        self.epsilon = self.privacy.epsilon
+        self.seed = None if seed is None else int(seed)
         self.use_radii = use_radii
         self.score_seconds = 0.0
         self.score_macs = 0
@@ -37,7 +76,8 @@ class ECOSClient:
     def score(self, message: CentroidsMessage) -> ScoresMessage:
         start = time.perf_counter()
         reply = coverage_scores(
-            self._features, message, epsilon=self.epsilon, seed=self.seed, use_radii=self.use_radii
+            self._features, message, epsilon=self.epsilon, mechanism=self.privacy.mechanism, delta=self.privacy.delta,
+            seed=self.seed, use_radii=self.use_radii,
         )
         self.score_seconds += time.perf_counter() - start
         self.score_macs += scoring_macs(self.n_samples, message)
@@ -62,6 +102,7 @@ class ECOSCloud:
         radius_quantile: float = 0.9,
         temperature: float = 1.0,
         max_points_per_centroid: int = 256,
+        client_cap: float | None = CLIENT_CAP,
     ):
         self.pool_features = unit_rows(pool_features, "pool_features")
         self.n_centroids = n_centroids
@@ -71,6 +112,10 @@ class ECOSCloud:
         self.radius_quantile = radius_quantile
         self.temperature = temperature
         self.max_points_per_centroid = max_points_per_centroid
+        self.client_cap = client_cap
+        #: after `select`: each client's scale under `client_cap` (None: untouched), and the fleet's summed scores
+        self.client_scales: list[float | None] = []
+        self.fleet_scores: np.ndarray | None = None
         self.clusters: PoolClusters | None = None
         self.message: CentroidsMessage | None = None
         self.allocation: np.ndarray | None = None
@@ -88,7 +133,7 @@ class ECOSCloud:
         return self.message
 
     def select(self, replies: ScoresMessage | list[ScoresMessage], budget: int) -> np.ndarray:
-        """One proxy set for one client, or for a fleet (their scores summed)."""
+        """One proxy set for one client, or for a fleet (their scores summed, each client capped: `cap_client_scores`)."""
         if self.clusters is None:
             raise ECOSInputError("select() was called before compress(); the cloud has no clusters yet.")
         replies = [replies] if isinstance(replies, ScoresMessage) else list(replies)
@@ -99,8 +144,9 @@ class ECOSCloud:
                 raise ECOSInputError(
                     f"scores has length {reply.n_centroids} but there are {self.message.n_centroids} centroids."
                 )
-        total = np.sum([reply.scores.astype(np.float64) for reply in replies], axis=0)
+        scores, self.client_scales = cap_client_scores([reply.scores for reply in replies], self.client_cap)
+        self.fleet_scores = np.sum(scores, axis=0)
         indices, self.allocation = select(
-            self.pool_features, self.clusters, total, budget, temperature=self.temperature
+            self.pool_features, self.clusters, self.fleet_scores, budget, temperature=self.temperature
         )
         return indices
