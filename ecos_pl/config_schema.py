@@ -57,10 +57,20 @@ def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
 class ClientSettings:
     """`client.*`: how the client privatises its released scores."""
 
-    epsilon: Optional[float] = None
+    mechanism: str = "gaussian"
+    epsilon: Optional[float] = 0.58
+    delta: float = 1e-5
+    max_epsilon: Optional[float] = None
 
     def __post_init__(self):
+        _one_of("client.mechanism", self.mechanism, ("gaussian", "laplace"))
         _number("client.epsilon", self.epsilon, low=0.0, low_open=True, optional=True)
+        _number("client.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        _number("client.max_epsilon", self.max_epsilon, low=0.0, low_open=True, optional=True)
+        if self.epsilon is not None and self.mechanism == "gaussian":
+            from ecos_pl.protocol.privacy import gaussian_sigma
+
+            gaussian_sigma(self.epsilon, self.delta)  # an (ε, δ) no finite σ meets is refused now, not at scoring
 
 
 @dataclass
@@ -158,8 +168,12 @@ class LabelSettings:
     sigma: Optional[float] = 2.0
     threshold: Optional[float] = 0.5
     delta: float = 1e-5
+    sampling_rate: float = 1.0
+    screen_sigma: Optional[float] = None
 
     def __post_init__(self):
+        _number("scenario.labels.sampling_rate", self.sampling_rate, low=0.0, high=1.0, low_open=True)
+        _number("scenario.labels.screen_sigma", self.screen_sigma, low=0.0, low_open=True, optional=True)
         _whole("scenario.labels.k", self.k, 1)
         _number("scenario.labels.sigma", self.sigma, low=0.0, low_open=True, optional=True)
         _number("scenario.labels.threshold", self.threshold, low=0.0, high=1.0, optional=True)

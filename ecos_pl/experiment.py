@@ -72,6 +72,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     data = datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
     sampler = datamodule.sampler
     check_against_data(cfg, len(data.pool), uses_budget=sampler.uses_budget, uses_centroids=hasattr(sampler, "n_centroids"))
+    datamodule.check_privacy_budget()  # before the teacher trains and before the client releases anything
     make_trainer = make_trainer_factory(cfg)
     module, extra = build_module(cfg, datamodule, make_trainer)
 
@@ -106,6 +107,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         "bytes_down": report["bytes_down"],
         "bytes_up": report["bytes_up"],
         "epsilon": report["epsilon"],
+        "score_privacy": report.get("score_privacy"),
         "timings": {**report["timings"], "train": train_seconds},
         "train_steps": int(trainer.global_step),
         "n_trained": report.get("n_trained", report["n_selected"]),
@@ -136,6 +138,7 @@ def run_experiment(cfg: DictConfig) -> dict:
 LABEL_KEYS = (
     "labels_bought", "labels_none", "pseudo_label_acc", "pseudo_label_out_of_class", "labels_dropped", "label_bytes_down",
     "label_bytes_up", "label_seconds", "label_k", "label_sigma", "label_delta", "label_epsilon", "exchange_epsilon",
+    "label_sampling_rate", "label_screen_sigma", "label_mechanism",
     "label_phi", "label_feature_dim",
 )
 
@@ -153,6 +156,15 @@ def _flat_numbers(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _privacy_text(privacy: dict | None) -> str:
+    if not privacy:
+        return "nothing released"
+    if privacy["mechanism"] == "none":
+        return "exact counts (no DP guarantee)"
+    delta = f", δ = {privacy['delta']:g}" if privacy["delta"] else ""
+    return f"{privacy['mechanism']}, ε = {privacy['epsilon']:g}{delta}, σ = {privacy['noise_sigma']:.3g}"
 
 
 def results_table(results: dict):
@@ -176,7 +188,7 @@ def results_table(results: dict):
         ("centroids R", results["n_centroids"]),
         ("bytes down / up", f"{results['bytes_down']} / {results['bytes_up']}"),
         ("client scoring multiply-adds", results["client_score_macs"]),
-        ("epsilon", results["epsilon"]),
+        ("scores' privacy", _privacy_text(results.get("score_privacy"))),
     ]
     rows += [(name, results[key]) for key, name in (
         ("labels_bought", "labels bought (annotators)"),

@@ -47,7 +47,11 @@ def test_train_end_to_end(tmp_path, sampler):
     assert 0.0 <= res["client_test_acc"] <= 1.0 and 0.0 <= res["teacher_test_acc"] <= 1.0
     assert 0.0 <= res["in_domain_fraction"] <= 1.0
     assert set(res["timings"]) >= {"features", "compress", "score", "select", "train"}
-    assert res["epsilon"] is None
+    if sampler == "ecos":  # private by default: the paper's Gaussian scores
+        assert res["epsilon"] == 0.58
+        assert res["score_privacy"] == {"mechanism": "gaussian", "epsilon": 0.58, "delta": 1e-5, "noise_sigma": pytest.approx(6.1373, abs=1e-3)}
+    else:
+        assert res["epsilon"] is None and res["score_privacy"] is None
     if sampler == "ecos":
         assert res["n_centroids"] == 16
         assert 0 < res["bytes_up"] <= 4 * 16 + 32

@@ -1,37 +1,45 @@
-"""The client labels the proxy set (`pseudo_label`): k-NN votes in φ-space, Gaussian noisy arg-max.
+"""The client labels the proxy set (`pseudo_label`): Private-kNN (Zhu, Yu, Wang, CVPR 2020).
 
-The Private-kNN / PATE "noisy max": for each proxy sample the client takes its k
-nearest labelled samples (faiss, inner product on L2-normalised features), adds
-N(0, σ²) to the vote histogram and answers the arg-max, or abstains (-1) when the
-noisy top vote is under `threshold · k` (post-processing of the same noisy
-histogram, so abstaining costs no extra privacy).
+For each proxy sample (a query) the client draws a fresh Poisson subsample of its
+labelled set (each sample kept with probability γ, `sampling_rate`), takes the
+query's k nearest neighbours *in that subsample* (inner product on L2-normalised
+features), adds N(0, σ²) to their vote histogram and answers the arg-max. Optional
+screening, as PATE's confident-GNMax (Papernot et al. 2018): with `screen_sigma`, the
+query is refused (-1) when its top vote plus N(0, σ₁²) is under `threshold · k`; without
+it, the threshold is applied to the answer's own noisy histogram (post-processing, free).
 
-Privacy: adding or removing one client sample changes a query's histogram by at
-most one vote out of one class and one into another (its (k+1)-th neighbour
-moves in), so the L2 sensitivity is √2 and each query is a Gaussian mechanism
-with noise multiplier σ/√2. In the worst case one sample is a neighbour of every
-proxy sample, so the B answers compose B times. dp-accounting's RDP accountant
-does the composition (with the scores' Laplace release when there is one).
+Privacy, per query, under add/remove of one client sample: the histogram moves by at
+most one vote out of one class and one into another (L2 sensitivity √2), its top vote
+by at most one (sensitivity 1). Screening and answer together are one Gaussian
+mechanism of noise multiplier (1/σ₁² + 2/σ²)^(-1/2) (their worst shifts add in
+Mahalanobis norm). Each query sees a fresh subsample: `PoissonSampledDpEvent(γ, ·)`
+amplifies it. In the worst case one sample is a neighbour of every query, so the B
+queries compose B times, with the scores' release, in dp-accounting's RDP accountant;
+every query is accounted whether it was answered or refused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
-import faiss
 import numpy as np
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import LabelsMessage, ProxyFeaturesMessage
+from ecos_pl.protocol.privacy import ScoreMechanism, check_delta, check_rate, composed_epsilon
 
 #: L2 sensitivity of one query's vote histogram to adding or removing one client sample
 VOTE_SENSITIVITY = math.sqrt(2.0)
+#: ... and of its top vote (the screening's input)
+TOP_VOTE_SENSITIVITY = 1.0
+#: queries whose similarities to every client sample are held at once ([rows, n_client] float32)
+QUERY_CHUNK = 1024
 
 
-def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_features: np.ndarray, k: int, num_classes: int) -> np.ndarray:
-    """[B, num_classes] vote histograms: the classes of each query's k nearest client samples."""
+def _checked(client_features, client_labels, query_features, k, num_classes):
     client = unit_rows(client_features, "client_features")
     query = unit_rows(query_features, "proxy_features")
     if query.shape[1] != client.shape[1]:
@@ -44,65 +52,113 @@ def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_feat
     if (labels < 0).any() or (labels >= num_classes).any():
         raise ECOSInputError(f"client_labels must lie in [0, {num_classes}).")
     k = check_count(k, "k", high=client.shape[0], high_name="the number of labelled client samples")
-    index = faiss.IndexFlatIP(client.shape[1])
-    index.add(np.ascontiguousarray(client, dtype=np.float32))
-    _, neighbours = index.search(np.ascontiguousarray(query, dtype=np.float32), k)
+    return client, query, labels, k
+
+
+def subsample_masks(n_queries: int, n_client: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """bool [B, n]: query b's Poisson subsample (each client sample kept with probability `rate`), data-independent."""
+    if rate >= 1.0:
+        return np.ones((n_queries, n_client), dtype=bool)
+    return rng.random((n_queries, n_client)) < rate
+
+
+def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_features: np.ndarray, k: int, num_classes: int,
+              sampling_rate: float = 1.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """[B, num_classes] vote histograms: the classes of each query's k nearest client samples in its subsample.
+
+    Query b's subsample is row b of `subsample_masks(B, n, sampling_rate, rng)`, drawn chunk by chunk
+    (the same stream), so memory stays [QUERY_CHUNK, n]. A subsample with fewer than k members votes
+    with all it has.
+    """
+    client, query, labels, k = _checked(client_features, client_labels, query_features, k, num_classes)
+    rate = check_rate(sampling_rate, "sampling_rate")
+    if rate < 1.0 and rng is None:
+        raise ECOSInputError("knn_votes with sampling_rate < 1 needs rng, the source of the subsamples.")
     votes = np.zeros((query.shape[0], num_classes), dtype=np.float64)
-    np.add.at(votes, (np.repeat(np.arange(query.shape[0]), k), labels[neighbours.ravel()]), 1.0)
+    for lo in range(0, query.shape[0], QUERY_CHUNK):
+        sims = query[lo : lo + QUERY_CHUNK] @ client.T
+        if rate < 1.0:
+            sims = np.where(subsample_masks(len(sims), client.shape[0], rate, rng), sims, -np.inf)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        valid = np.isfinite(np.take_along_axis(sims, top, axis=1))
+        rows = np.broadcast_to(np.arange(lo, lo + len(sims))[:, None], top.shape)
+        np.add.at(votes, (rows[valid], labels[top[valid]]), 1.0)
     return votes
 
 
-def noisy_argmax(votes: np.ndarray, sigma: float | None, threshold: float | None, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Arg-max of votes + N(0, σ²) per class; -1 where the noisy top vote is under threshold·k."""
-    if sigma is not None and (not math.isfinite(sigma) or sigma < 0):
-        raise ECOSInputError(f"sigma must be a finite number >= 0 (or None for no noise), got {sigma}.")
+def noisy_argmax(votes: np.ndarray, sigma: float | None, threshold: float | None, k: int, rng: np.random.Generator,
+                 screen_sigma: float | None = None) -> np.ndarray:
+    """Arg-max of votes + N(0, σ²) per class; -1 where the (screening's, if any) noisy top vote is under threshold·k."""
+    for name, value in (("sigma", sigma), ("screen_sigma", screen_sigma)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ECOSInputError(f"{name} must be a finite number >= 0 (or None for no noise), got {value}.")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ECOSInputError(f"threshold must lie in [0, 1] (a fraction of the k votes) or be None, got {threshold}.")
+    screened = None
+    if screen_sigma:  # drawn first, so the answer's noise is the same with and without a threshold
+        screened = votes.max(axis=1) + rng.normal(0.0, screen_sigma, size=len(votes))
     noisy = votes + (rng.normal(0.0, sigma, size=votes.shape) if sigma else 0.0)
     labels = noisy.argmax(axis=1).astype(np.int64)
     if threshold is not None:
-        labels[noisy.max(axis=1) < threshold * k] = -1
+        top = noisy.max(axis=1) if screened is None else screened
+        labels[top < threshold * k] = -1
     return labels
 
 
-def label_epsilon(sigma: float | None, n_queries: int, delta: float, score_epsilons: list[float] | None = None) -> float:
-    """ε at δ of the client's whole release: B noisy-max answers, composed with its Laplace scores.
+def query_dp_event(sigma: float, sampling_rate: float = 1.0, screen_sigma: float | None = None):
+    """One query's release (answer, and screening if any) as a dp-accounting event, amplified by its subsample."""
+    import dp_accounting
 
-    Infinite when σ is 0/None (exact votes are not private), or when the scores were
-    released without noise (`score_epsilons` containing None).
+    inverse_sq = (VOTE_SENSITIVITY / sigma) ** 2 + ((TOP_VOTE_SENSITIVITY / screen_sigma) ** 2 if screen_sigma else 0.0)
+    event = dp_accounting.GaussianDpEvent(1.0 / math.sqrt(inverse_sq))
+    return event if sampling_rate >= 1.0 else dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
+
+
+def label_epsilon(sigma: float | None, n_queries: int, delta: float, score_releases: list | None = None, *,
+                  sampling_rate: float = 1.0, screen_sigma: float | None = None) -> float:
+    """ε at δ of the client's whole release: B Private-kNN answers, composed with its scores' release(s).
+
+    `score_releases`: `ScoreMechanism`s, or (older callers) Laplace ε values, None meaning exact
+    counts. Infinite when σ is 0/None (exact votes are not private) or the scores were exact.
     """
+    import dp_accounting
+
+    check_delta(delta)
+    rate = check_rate(sampling_rate, "sampling_rate")
     if not sigma:
         return math.inf
-    if not 0.0 < delta < 1.0:
-        raise ECOSInputError(f"delta must lie in (0, 1), got {delta}.")
-    score_epsilons = list(score_epsilons or [])
-    if any(e is None for e in score_epsilons):
-        return math.inf
-    import dp_accounting
-    from dp_accounting.rdp import rdp_privacy_accountant
-
-    events = [dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma / VOTE_SENSITIVITY), int(n_queries))]
-    events += [dp_accounting.LaplaceDpEvent(1.0 / e) for e in score_epsilons]
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    accountant.compose(dp_accounting.ComposedDpEvent(events))
-    return float(accountant.get_epsilon(delta))
+    events = [dp_accounting.SelfComposedDpEvent(query_dp_event(sigma, rate, screen_sigma), int(n_queries))]
+    for release in score_releases or []:
+        if isinstance(release, ScoreMechanism):
+            events.append(release.dp_event())
+        elif release is None:
+            events.append(dp_accounting.NonPrivateDpEvent())
+        else:
+            events.append(dp_accounting.LaplaceDpEvent(1.0 / float(release)))
+    logging.getLogger("absl").setLevel(logging.ERROR)  # RDP orders it cannot evaluate are dropped, with a warning each
+    return composed_epsilon(events, delta)
 
 
 class PseudoLabeller:
     """The client's side of the extra round: proxy features in, one (noisy) label per proxy sample out."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
-                 sigma: float | None = 2.0, threshold: float | None = 0.5, seed: int = 0):
+                 sigma: float | None = 2.0, threshold: float | None = 0.5, sampling_rate: float = 1.0,
+                 screen_sigma: float | None = None, seed: int = 0):
         self._features = unit_rows(features, "client_features")
         self._labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(num_classes)
         self.k, self.sigma, self.threshold, self.seed = k, sigma, threshold, int(seed)
+        self.sampling_rate = check_rate(sampling_rate, "sampling_rate")
+        self.screen_sigma = screen_sigma
         self.seconds = 0.0
 
     def label(self, message: ProxyFeaturesMessage) -> LabelsMessage:
         start = time.perf_counter()
-        votes = knn_votes(self._features, self._labels, message.features, self.k, self.num_classes)
         rng = np.random.default_rng([self.seed, 0x1ABE1])
-        labels = noisy_argmax(votes, self.sigma, self.threshold, self.k, rng)
+        # subsamples from their own stream: a query's answer depends on its subsample and its noise only
+        subsamples = np.random.default_rng([self.seed, 0x5AB5])
+        votes = knn_votes(self._features, self._labels, message.features, self.k, self.num_classes, self.sampling_rate, subsamples)
+        labels = noisy_argmax(votes, self.sigma, self.threshold, self.k, rng, self.screen_sigma)
         self.seconds += time.perf_counter() - start
         return LabelsMessage(labels, sigma=self.sigma or None)

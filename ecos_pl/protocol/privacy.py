@@ -1,10 +1,199 @@
-"""Differential privacy of what the client releases, accounted with dp-accounting rather than by hand."""
+"""Differential privacy of what the client releases: mechanisms calibrated and composed by dp-accounting.
+
+Scores. One client sample changes one count by one (L2 and L1 sensitivity 1). The
+Gaussian mechanism (the paper's, and the default) adds N(0, σ²) to every count, σ
+calibrated to (ε, δ) by dp-accounting's analytic-Gaussian calibration (Balle & Wang
+2018), which is exact rather than the loose √(2 ln(1.25/δ))/ε; Laplace adds
+Laplace(1/ε) (pure ε-DP). Negative noisy counts are clipped at zero: post-processing,
+free. `mechanism="none"` releases exact counts, an explicit reference with no guarantee.
+
+Noise source. With a seed the noise is reproducible (simulations: same seed, same
+selection), and whoever knows the seed can subtract it. Without one, the uniforms
+behind every draw come from the operating system's CSPRNG (`os.urandom`) and are
+turned into Gaussian/Laplace values by their inverse CDF in float64. What that does
+not guarantee: floating-point samplers leak through the gaps between representable
+values (Mironov 2012); the leakage is far below these ε values for noise scales ≥ 1,
+but it is not a formal guarantee, which would need a discrete (snapping or discrete
+Gaussian) sampler.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from dataclasses import dataclass
+
 import numpy as np
 
-from ecos_pl.protocol.errors import check_epsilon
+from ecos_pl.protocol.errors import ECOSInputError, check_epsilon
+
+MECHANISMS = ("gaussian", "laplace", "none")
+#: the δ at which results are reported when a mechanism has none of its own
+DEFAULT_DELTA = 1e-5
+#: the largest Gaussian σ calibrated: noise a billion times a count leaves nothing of it (an ε that small is a typo)
+MAX_SIGMA = 1e9
+
+
+def check_delta(delta, name: str = "delta") -> float:
+    try:
+        value = float(delta)
+    except (TypeError, ValueError):
+        raise ECOSInputError(f"{name} must be a number in (0, 1), got {delta!r}.") from None
+    if not 0.0 < value < 1.0:
+        raise ECOSInputError(f"{name} must lie in (0, 1), got {delta!r}.")
+    return value
+
+
+def check_rate(rate, name: str) -> float:
+    """A sampling rate in (0, 1]."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise ECOSInputError(f"{name} must be a number in (0, 1], got {rate!r}.") from None
+    if not 0.0 < value <= 1.0:
+        raise ECOSInputError(f"{name} must lie in (0, 1], got {rate!r}.")
+    return value
+
+
+def gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
+    """σ of the Gaussian mechanism that is exactly (ε, δ)-DP for this L2 sensitivity (dp-accounting)."""
+    import dp_accounting
+
+    eps, dlt = check_epsilon(epsilon), check_delta(delta)
+    try:
+        with np.errstate(all="ignore"):
+            sigma = float(dp_accounting.get_sigma_gaussian(eps, dlt)) * float(sensitivity)
+    except (ValueError, RuntimeError, OverflowError):
+        sigma = math.inf
+    if not (0 < sigma <= MAX_SIGMA):
+        raise ECOSInputError(
+            f"epsilon={epsilon!r} with delta={delta!r} gives no usable Gaussian noise (σ = {sigma:.3g}, at most {MAX_SIGMA:g}); raise either."
+        )
+    return sigma
+
+
+class NoiseSource:
+    """Gaussian and Laplace draws: from a seeded numpy generator, or from the OS's CSPRNG when `seed` is None."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    @property
+    def secure(self) -> bool:
+        return self._rng is None
+
+    def _uniform(self, size) -> np.ndarray:
+        """Uniforms in (0, 1) from 53 random bits each (never exactly 0 or 1, so both inverse CDFs are finite)."""
+        n = int(np.prod(size))
+        bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+        return ((bits.astype(np.float64) + 0.5) * 2.0**-53).reshape(size)
+
+    def normal(self, scale: float, size) -> np.ndarray:
+        if self._rng is not None:
+            return self._rng.normal(0.0, scale, size=size)
+        from scipy.special import ndtri
+
+        return scale * ndtri(self._uniform(size))
+
+    def laplace(self, scale: float, size) -> np.ndarray:
+        if self._rng is not None:
+            return self._rng.laplace(0.0, scale, size=size)
+        u = self._uniform(size) - 0.5
+        return -scale * np.sign(u) * np.log1p(-2.0 * np.abs(u))
+
+
+@dataclass(frozen=True)
+class ScoreMechanism:
+    """How the client privatises its R counts: `gaussian` (ε, δ), `laplace` (ε) or `none` (exact counts)."""
+
+    mechanism: str = "gaussian"
+    epsilon: float | None = 0.58
+    delta: float = DEFAULT_DELTA
+
+    def __post_init__(self):
+        if self.mechanism not in MECHANISMS:
+            raise ECOSInputError(f"mechanism={self.mechanism!r} is not one of: {', '.join(MECHANISMS)}.")
+        if self.mechanism == "none":
+            if self.epsilon is not None:
+                raise ECOSInputError(f"mechanism='none' releases exact counts; epsilon must be null, got {self.epsilon!r}.")
+            return
+        if self.epsilon is None:
+            raise ECOSInputError(f"mechanism={self.mechanism!r} needs an epsilon (null epsilon means mechanism 'none').")
+        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
+        object.__setattr__(self, "delta", check_delta(self.delta))
+        self.noise_scale  # calibrate now: an ε that cannot be met fails before anything is computed
+
+    @classmethod
+    def from_settings(cls, epsilon, mechanism: str | None = None, delta: float = DEFAULT_DELTA) -> "ScoreMechanism":
+        """`epsilon=None` means exact counts whatever the default mechanism is (`client.epsilon=null`)."""
+        if epsilon is None:
+            return cls("none", None, delta)
+        return cls(mechanism or "gaussian", epsilon, delta)
+
+    @property
+    def noise_scale(self) -> float:
+        """σ (Gaussian), b = 1/ε (Laplace), 0 (none)."""
+        if self.mechanism == "gaussian":
+            return gaussian_sigma(self.epsilon, self.delta)
+        if self.mechanism == "laplace":
+            return 1.0 / self.epsilon
+        return 0.0
+
+    @property
+    def reported_delta(self) -> float:
+        return self.delta if self.mechanism == "gaussian" else 0.0
+
+    def privatize(self, counts: np.ndarray, noise: NoiseSource) -> np.ndarray:
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.mechanism == "gaussian":
+            counts = counts + noise.normal(self.noise_scale, counts.shape)
+        elif self.mechanism == "laplace":
+            counts = counts + noise.laplace(self.noise_scale, counts.shape)
+        return np.maximum(counts, 0.0) if self.mechanism != "none" else counts
+
+    def dp_event(self):
+        """The release as a dp-accounting event (NonPrivate for exact counts)."""
+        import dp_accounting
+
+        if self.mechanism == "gaussian":
+            return dp_accounting.GaussianDpEvent(self.noise_scale)
+        if self.mechanism == "laplace":
+            return dp_accounting.LaplaceDpEvent(self.noise_scale)
+        return dp_accounting.NonPrivateDpEvent()
+
+    def report(self) -> dict:
+        return {"mechanism": self.mechanism, "epsilon": self.epsilon, "delta": self.reported_delta, "noise_sigma": self._sigma()}
+
+    def _sigma(self) -> float:
+        """The noise's standard deviation (Laplace(b): b·√2)."""
+        return self.noise_scale * (math.sqrt(2.0) if self.mechanism == "laplace" else 1.0)
+
+
+def composed_epsilon(events: list, delta: float) -> float:
+    """ε at δ of several releases by one client, composed with dp-accounting's RDP accountant (∞ if one is not private)."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    events = [e for e in events if not isinstance(e, dp_accounting.NoOpDpEvent)]
+    if not events:
+        return 0.0
+    if any(isinstance(e, dp_accounting.NonPrivateDpEvent) for e in events):
+        return math.inf
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent(events))
+    return float(accountant.get_epsilon(check_delta(delta)))
+
+
+def check_budget(epsilon: float, max_epsilon: float | None, what: str) -> None:
+    """Stop before anything is released when the composed ε would exceed the user's budget."""
+    if max_epsilon is None:
+        return
+    if not epsilon <= float(max_epsilon):
+        raise ECOSInputError(
+            f"client.max_epsilon={max_epsilon:g} would be exceeded: {what} costs ε = {epsilon:.4g}; "
+            "raise the noise, lower the number of answers or raise client.max_epsilon."
+        )
 
 
 def laplace_noise(shape, epsilon: float, rng: np.random.Generator, sensitivity: float = 1.0) -> np.ndarray:

@@ -48,6 +48,8 @@ class Sampler(ABC):
     uses_budget: ClassVar[bool] = True
     #: the client-data reference: training uses the client's own labelled split instead of any pool sample
     trains_on_client: ClassVar[bool] = False
+    #: the client hands over its features (oracle_central): no differential privacy at all
+    releases_features: ClassVar[bool] = False
 
     @abstractmethod
     def sample(self, pool_features: np.ndarray, client: ECOSClient, budget: int | None, seed: int) -> Selection:
@@ -189,6 +191,7 @@ class OracleCentralSampler(Sampler):
     """
 
     name = "oracle_central"
+    releases_features = True
 
     def __init__(self, oversample: float = 1.0):
         self.oversample = oversample
@@ -233,6 +236,7 @@ class ClientDataReference(Sampler):
     name = "client_data"
     uses_budget = False
     trains_on_client = True
+    releases_features = True  # the cloud is handed the client's own data
 
     def sample(self, pool_features, client, budget, seed):
         return Selection(indices=np.zeros(0, dtype=np.int64), sampler=self.name)

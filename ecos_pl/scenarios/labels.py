@@ -31,7 +31,10 @@ class LabelRequest:
     client_labels: np.ndarray
     num_classes: int
     seed: int
-    score_epsilons: list
+    #: what the selection already released about the client (`ScoreMechanism`s; none for samplers that ask nothing)
+    score_releases: list
+    #: the client's ε budget for everything it releases (None: no budget)
+    max_epsilon: float | None = None
 
 
 class ProxyLabels(ABC):
@@ -55,25 +58,38 @@ class AnnotatorLabels(ProxyLabels):
 
 
 class ClientKNNLabels(ProxyLabels):
-    """The client labels the proxy set by a noisy k-NN vote over its labelled samples (Private-kNN / PATE).
+    """The client labels the proxy set by Private-kNN (`ecos_pl.protocol.label`): a fresh subsample per query.
 
     `phi`: the features the vote is taken in. None: the protocol's φ, which keeps
     style and so labels poorly; a φ of its own (`HOGFeatures` by default, fitted by
     the cloud on the pool) keeps the strokes instead. Either way both sides know it
-    and the cloud sends the proxy set's features in it.
+    and the cloud sends the proxy set's features in it. The ε of the whole exchange
+    is checked against the client's budget before a single label is released.
     """
 
     name = "client_knn"
 
-    def __init__(self, k: int = 10, sigma: float | None = 2.0, threshold: float | None = 0.5, delta: float = 1e-5,
-                 phi: FeatureExtractor | None = None):
+    def __init__(self, k: int = 40, sigma: float | None = 4.0, threshold: float | None = 0.3, delta: float = 1e-5,
+                 phi: FeatureExtractor | None = None, sampling_rate: float = 0.2, screen_sigma: float | None = None):
         self.k, self.sigma, self.threshold, self.delta, self.phi = k, sigma, threshold, delta, phi
+        self.sampling_rate, self.screen_sigma = sampling_rate, screen_sigma
+
+    def epsilons(self, n_queries: int, score_releases: list) -> tuple[float, float]:
+        """(ε of the labels alone, ε of the whole exchange), both at `delta`."""
+        kw = {"sampling_rate": self.sampling_rate, "screen_sigma": self.screen_sigma}
+        return (label_epsilon(self.sigma, n_queries, self.delta, **kw),
+                label_epsilon(self.sigma, n_queries, self.delta, score_releases, **kw))
 
     def assign(self, request):
+        from ecos_pl.protocol.privacy import check_budget
+
+        n_queries = len(request.proxy)
+        eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
+        check_budget(eps_exchange, request.max_epsilon, f"labelling {n_queries} proxy samples after the scores")
         down = ProxyFeaturesMessage(request.proxy_features())
         client = PseudoLabeller(
-            request.client_features(), request.client_labels, request.num_classes,
-            k=self.k, sigma=self.sigma, threshold=self.threshold, seed=request.seed,
+            request.client_features(), request.client_labels, request.num_classes, k=self.k, sigma=self.sigma,
+            threshold=self.threshold, sampling_rate=self.sampling_rate, screen_sigma=self.screen_sigma, seed=request.seed,
         )
         up = client.label(down)
         targets = up.labels.astype(np.int64)
@@ -89,10 +105,13 @@ class ClientKNNLabels(ProxyLabels):
             "label_seconds": client.seconds,
             "label_sigma": self.sigma,
             "label_k": self.k,
+            "label_sampling_rate": self.sampling_rate,
+            "label_screen_sigma": self.screen_sigma,
+            "label_mechanism": "private_knn" if self.sigma else "none",
             "label_phi": "protocol" if self.phi is None else self.phi.name,
             "label_feature_dim": down.dim,
             "label_delta": self.delta,
-            # ε of the whole exchange at δ: B noisy-max answers composed with the scores' Laplace release
-            "label_epsilon": label_epsilon(self.sigma, len(targets), self.delta),
-            "exchange_epsilon": label_epsilon(self.sigma, len(targets), self.delta, request.score_epsilons),
+            # ε at δ of the labels, and of the whole exchange: B subsampled answers composed with the scores' release
+            "label_epsilon": eps_labels,
+            "exchange_epsilon": eps_exchange,
         }
