@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ecos_pl.atomic import clean_dead_temporaries, move_aside
 from ecos_pl.data.base import DomainSplit, ECOSData
 from ecos_pl.phi import FeatureExtractor, images_to_tensor
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
-from ecos_pl.protocol.store import load_selection, sampler_spec, save_selection, selection_key
+from ecos_pl.protocol.store import DamagedSelection, load_selection, sampler_spec, save_selection, selection_key
 from ecos_pl.scenarios.labels import LabelRequest, ProxyLabels
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class ECOSDataModule(pl.LightningDataModule):
         self._phi_fitted = False
         self._data_id: str | None = None
         self.selection: Selection | None = None
+        self._checked: tuple | None = None  # (stat, loaded artifact or None) of the selection artifact, read once
+        self._damaged_selection: str | None = None  # why that artifact cannot be used, when it cannot
         self.proxy: DomainSplit | None = None
         self.report: dict = {}
 
@@ -210,8 +214,22 @@ class ECOSDataModule(pl.LightningDataModule):
         return self._selection_path
 
     def _selection_reusable(self) -> bool:
+        """Whether this configuration's artifact exists and passes its checks (the same answer on every rank)."""
         path = self.selection_path()
-        return path is not None and self.reuse_selection and path.is_file()
+        return path is not None and self.reuse_selection and self._checked_selection(path) is not None
+
+    def _checked_selection(self, path: Path) -> tuple[Selection, dict] | None:
+        """The artifact at `path`, loaded and checked once (None: absent or damaged; `_damaged_selection` says why)."""
+        if self._checked is None:
+            clean_dead_temporaries(path.parent)
+            try:
+                st = os.stat(path)
+                self._checked = (st, load_selection(path, n_pool=len(self.load_data().pool)))
+            except FileNotFoundError:
+                self._checked = (None, None)
+            except DamagedSelection as err:
+                self._checked, self._damaged_selection = (st, None), str(err)
+        return self._checked[1]
 
     def setup(self, stage: str | None = None) -> None:
         if self.selection is not None:
@@ -222,7 +240,11 @@ class ECOSDataModule(pl.LightningDataModule):
         is_zero = trainer.is_global_zero if trainer is not None else True
         path = self.selection_path()
         reused = self._selection_reusable()
-        if is_zero and not reused:
+        if is_zero and reused:
+            selection, extra = self._checked_selection(path)
+        elif is_zero:
+            if path is not None and self._damaged_selection is not None:  # never used; rebuilt below
+                move_aside(path, self._damaged_selection, expected=self._checked[0])
             selection, extra = self._run_protocol(data)
             if path is not None:
                 save_selection(selection, path, extra)
@@ -230,8 +252,8 @@ class ECOSDataModule(pl.LightningDataModule):
             if path is None:
                 raise ValueError("cache_dir is None: under DDP the selection is shared through an artifact in cache_dir.")
             trainer.strategy.barrier("ecos-selection")
-        if path is not None and (reused or not is_zero):
-            selection, extra = load_selection(path)
+        if path is not None and not is_zero:  # rank zero checked it or has just written it
+            selection, extra = load_selection(path, n_pool=len(data.pool))
         self.selection = sel = selection
         self.proxy = data.client_train if self.sampler.trains_on_client else data.pool.subset(sel.indices)
         self.report = self._report(data, sel, **extra)

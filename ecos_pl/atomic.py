@@ -1,25 +1,114 @@
 """Files written so that a reader never sees half of one: a temporary name in the target folder, then a rename.
 
 One place for it: results, caches, sidecars, figures' CSVs and the programs' message
-files all go through `write_atomic`.
+files all go through `write_atomic`. A temporary's name carries its writer's host and
+pid (`temporary_path`), so what a killed process leaves behind is recognised and removed
+by the next writer in that folder (`clean_dead_temporaries`); a cache entry that fails
+its checks is moved aside (`move_aside`), never used and never deleted unseen.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was found damaged and moved aside; the run rebuilds it."""
+
+
+def host_tag() -> str:
+    """8 hex digits naming this host: a pid means something only on the host that made it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>` of the calling process, as it goes into temporary names."""
+    return f"{host_tag()}-{os.getpid()}"
+
+
+#: a temporary named by `temporary_path` or `FeatureWriter`: `...<host>-<pid>[.-]....tmp` (the rightmost such tag)
+_TEMPORARY = re.compile(r"^.*\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)[.-][^/]*\.tmp$")
+
+
+def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A unique temporary name beside `path`, created empty: `.<name>.<host>-<pid>-<random><suffix>.tmp`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_tag()}-", suffix=f"{suffix}.tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries in `folder` whose writer (this host, that pid) is no longer running; return them.
+
+    Temporaries of live processes (a concurrent run) and of other hosts (a shared file
+    system) are left alone: their pid cannot be checked here.
+    """
+    removed: list[Path] = []
+    me = host_tag()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no folder yet
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["host"] != me or _alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # another cleaner was first
+            pass
+    return removed
+
+
+def move_aside(path: str | os.PathLike, reason: str, *, expected: os.stat_result | None = None) -> Path | None:
+    """Rename a damaged cache entry to `<name>.damaged-<time>-<pid>` and warn naming it; None when it is already gone.
+
+    `expected`: the stat of the file that was checked; a file replaced since (a concurrent
+    run rebuilt it) is left in place.
+    """
+    path = Path(path)
+    try:
+        if expected is not None and os.stat(path).st_ino != expected.st_ino:
+            return None
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # microseconds: two entries moved in one second stay two
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{os.getpid()}")
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    warnings.warn(f"cache entry {path} is damaged ({reason}); moved aside to {aside.name} and rebuilt.", CacheWarning, stacklevel=2)
+    return aside
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True) -> Path:
     """Write through `write(file)` to a temporary name beside `path`, then rename it into place."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_dead_temporaries(path.parent)
+    tmp = temporary_path(path)
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        with open(tmp, "wb" if binary else "w") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results and messages are meant to be shared
         os.replace(tmp, path)

@@ -11,8 +11,17 @@ hashes every file's path, size and mtime; or, for data built in memory, the pool
 bytes, read in chunks),
 φ's `fingerprint()` (type, model name, weights, seed, pooling, stages, input size; for
 PCA the fitted components) and the storage dtype. Writing is atomic: blocks stream into
-`<key>.<pid>.f16.tmp` / `.f32.tmp` (`np.lib.format.open_memmap`), which is renamed to
-`<key>.npy` only once complete; an exception mid-stream leaves nothing behind.
+`<key>.<host>-<pid>.f16.tmp` / `.f32.tmp` (`np.lib.format.open_memmap`), which is renamed to
+`<key>.npy` only once complete; an exception mid-stream leaves nothing behind, and what a
+killed writer left is removed by the next run (`ecos_pl.atomic.clean_dead_temporaries`).
+
+The sidecar records the sha256 of the values (`array_fingerprint`), computed when the file
+is committed and checked, with the values' finiteness, whenever a run opens the entry
+(once per process and file). A damaged entry (unreadable, wrong shape, values changed
+in place, NaN) is moved aside with a warning naming it and rebuilt. The check reads the
+file once (sha256, and a block sum for finiteness): for 1M x 512 float32 (1.9 GiB, page
+cache warm, 2 cores) 1.6 s on load and 2.5 s at commit (the flush included), against
+hours of φ extraction for such a pool.
 
 The pool is read and transformed in blocks of `phi.batch_rows` rows, the same batches
 `phi.transform(pool)` uses, so a float32 cache written by one process holds exactly the
@@ -35,14 +44,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from ecos_pl.atomic import write_json_atomic
+from ecos_pl.atomic import clean_dead_temporaries, move_aside, owner_tag, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 #: bump when what a cached feature file depends on, or its layout, changes.
 CACHE_VERSION = 1
@@ -56,12 +68,29 @@ DTYPES = ("auto", "float32", "float16")
 # ---------------------------------------------------------------- keys and paths
 
 
-def array_fingerprint(array: np.ndarray, rows: int = HASH_ROWS) -> str:
-    """sha256 of an array's shape, dtype and bytes, read `rows` rows at a time (works on a memmap)."""
+def array_fingerprint(array: np.ndarray, rows: int = HASH_ROWS, visit: Callable[[np.ndarray], None] | None = None) -> str:
+    """sha256 of an array's shape, dtype and bytes, read `rows` rows at a time (works on a memmap).
+
+    `visit(block)` sees each block as it is hashed, so one read of a large file serves two checks.
+    """
     h = hashlib.sha256(f"{array.dtype.str}:{tuple(array.shape)}".encode())
     for start in range(0, len(array), rows):
-        h.update(np.ascontiguousarray(array[start : start + rows]).tobytes())
+        block = np.ascontiguousarray(array[start : start + rows])
+        h.update(block)
+        if visit is not None:
+            visit(block)
     return h.hexdigest()
+
+
+def scan_features(features: np.ndarray) -> tuple[str, int]:
+    """(sha256 of the features, rows holding NaN or ±inf) in one pass; rows are counted only in a block whose sum is not finite."""
+    bad = [0]
+
+    def count(block: np.ndarray) -> None:
+        if not np.isfinite(block.sum(dtype=np.float32)):  # |x| <= 1 per value: a finite block cannot overflow
+            bad[0] += int((~np.isfinite(block)).any(axis=1).sum())
+
+    return array_fingerprint(features, visit=count), bad[0]
 
 
 def feature_cache_key(data_id: str, phi_fingerprint: str, dtype: str) -> str:
@@ -112,7 +141,7 @@ def as_float32(features: np.ndarray, rows: int = 65536) -> np.ndarray:
 
 
 class FeatureWriter:
-    """Streams row blocks into `<key>.<pid>.<f16|f32>.tmp`; `commit()` renames it to `<key>.npy` and writes the sidecar.
+    """Streams row blocks into `<key>.<host>-<pid>.<f16|f32>.tmp`; `commit()` renames it to `<key>.npy` and writes the sidecar.
 
     Used as a context manager, an exception before `commit()` removes the temporary file,
     so a reader only ever sees a complete `<key>.npy`.
@@ -124,10 +153,20 @@ class FeatureWriter:
         self.dtype = np.dtype(dtype)
         self.meta = dict(meta or {})
         suffix = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}[self.dtype]
-        self.tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.{suffix}.tmp")  # concurrent writers never share one
+        # concurrent writers never share one; the owner in the name lets a later run remove it if this one is killed
+        self.tmp = self.path.with_name(f"{self.path.stem}.{owner_tag()}.{suffix}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean_dead_temporaries(self.path.parent)  # before this one takes as much disk again
         self._array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape)
         self._written = 0
+        self._scan: tuple[str, int] | None = None
+
+    def scan(self) -> tuple[str, int]:
+        """(sha256, non-finite rows) of the flushed temporary file, computed once."""
+        if self._scan is None:
+            self._array.flush()
+            self._scan = scan_features(self._array)
+        return self._scan
 
     def write(self, start: int, block: np.ndarray) -> None:
         block = np.asarray(block)
@@ -141,13 +180,16 @@ class FeatureWriter:
         written = self._written if rows_written is None else int(rows_written)
         if written != self.shape[0]:
             raise RuntimeError(f"feature cache incomplete: {written} of {self.shape[0]} rows were written")
-        self._array.flush()
+        digest, bad = self.scan()
+        if bad:  # a cache of NaN would be refused by every later run: blame φ now, cache nothing
+            raise RuntimeError(f"φ produced NaN or infinite features in {bad} of {self.shape[0]} pool rows; nothing was cached")
         del self._array
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
-        sidecar = {"shape": list(self.shape), "dtype": self.dtype.name, "version": CACHE_VERSION, **self.meta}
+        sidecar = {"shape": list(self.shape), "dtype": self.dtype.name, "version": CACHE_VERSION, **self.meta, "sha256": digest}
         write_json_atomic(sidecar, self.path.with_suffix(".json"), indent=1, sort_keys=True)
         os.replace(self.tmp, self.path)
+        _remember(self.path, digest)
         return self.path
 
     def abort(self) -> None:
@@ -214,12 +256,79 @@ def write_features(path: str | os.PathLike, blocks, n_rows: int, dtype: str = "a
         raise
 
 
-def cache_valid(path: Path, n_rows: int) -> bool:
-    """Whether `path` is a readable feature file of `n_rows` rows."""
+#: entries checked in this process: path -> (inode, size, mtime, sha256); a run opens an entry more than once
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remember(path: Path, digest: str) -> None:
+    _VERIFIED[str(path)] = (*_identity(os.stat(path)), digest)
+
+
+def _read_sidecar(path: Path) -> dict | None:
     try:
-        return open_features(path).shape[0] == n_rows
-    except Exception:  # noqa: BLE001 - unreadable: rebuilt below
-        return False
+        side = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return side if isinstance(side, dict) else None
+
+
+def _damage(path: Path, n_rows: int, side: dict | None, st: os.stat_result) -> str | None:
+    """Why the entry at `path` must not be used (None: it is whole), reading the values once unless already checked."""
+    if side is None:
+        return f"its sidecar {path.with_suffix('.json').name} is missing or unreadable"
+    memo = _VERIFIED.get(str(path))
+    if memo is not None and memo == (*_identity(st), side.get("sha256")):
+        return None
+    try:
+        features = open_features(path)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        return f"not a readable feature file: {str(err) or type(err).__name__}"
+    shape = side.get("shape")
+    expected = (n_rows, shape[1] if isinstance(shape, list) and len(shape) == 2 else None)
+    if features.shape != expected or features.dtype.name != side.get("dtype"):
+        return f"it holds {features.dtype.name} {list(features.shape)}, expected {side.get('dtype')} {list(expected)}"
+    digest, bad = scan_features(features)
+    if bad:
+        return f"{bad} rows hold NaN or infinite values"
+    if digest != side.get("sha256"):
+        return f"its values do not match the sha256 in {path.with_suffix('.json').name}; they were changed after it was written"
+    _VERIFIED[str(path)] = (*_identity(st), digest)
+    return None
+
+
+def cache_valid(path: Path, n_rows: int) -> bool:
+    """Whether `path` is a whole feature file of `n_rows` rows whose values match their checksum.
+
+    A damaged entry is moved aside (with a warning naming it) so that it is rebuilt;
+    an entry written before sidecars held a checksum is rebuilt in place. Temporaries of
+    dead writers in the folder are removed first.
+    """
+    path = Path(path)
+    clean_dead_temporaries(path.parent)
+    for _ in range(3):  # a concurrent writer may replace the pair while it is checked: check again
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        side = _read_sidecar(path)
+        if side is not None and "sha256" not in side:
+            log.info("feature cache %s was written without a checksum; it is rebuilt", path)
+            return False
+        reason = _damage(path, n_rows, side, st)
+        if reason is None:
+            return True
+        try:
+            unchanged = _identity(os.stat(path)) == _identity(st) and _read_sidecar(path) == side
+        except FileNotFoundError:
+            return False
+        if unchanged:
+            move_aside(path, reason, expected=st)
+            return False
+    return False
 
 
 def cached_features(

@@ -12,8 +12,9 @@ with the run's own trainer, so under DDP the same processes extract and then tra
   memory map that rank zero preallocated (filled with NaN) and every rank opened;
 * at the end the ranks flush and all-gather their row counts; rank zero checks that the
   counts add up to the pool and that no row is left NaN (so every row was written
-  exactly once), renames the file into place (`FeatureWriter.commit`) with a sidecar
-  that records `n_ranks` and `rows_per_rank`, and a barrier lets every rank go on.
+  exactly once) in the same pass that hashes the file, renames it into place
+  (`FeatureWriter.commit`) with a sidecar that records the hash, `n_ranks` and
+  `rows_per_rank`, and a barrier lets every rank go on.
 
 One process with batches of `phi.batch_rows` rows computes the same batches as
 `phi.transform(pool)`, so a float32 file is bit-identical to it; under DDP a rank's
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ecos_pl.feature_cache import FeatureWriter, contiguous, storage_dtype, write_rows
 
-#: rows NaN-filled and NaN-checked at a time in the shared file.
+#: rows NaN-filled at a time in the shared file.
 CHECK_ROWS = 65536
 
 
@@ -133,7 +134,8 @@ class SharedFeatureWriter(BasePredictionWriter):
         self.rows_per_rank = [int(c) for c in trainer.strategy.all_gather(counts).reshape(-1).cpu()]  # also: all flushed
         problem = None
         if self._owner is not None:
-            total, missing = sum(self.rows_per_rank), _nan_rows(array)
+            del array
+            total, missing = sum(self.rows_per_rank), self._owner.scan()[1]  # the pass that also hashes the file
             if total != self.n_rows or missing:
                 problem = (
                     f"feature extraction through trainer.predict wrote {total} rows ({self.rows_per_rank} per rank) for a pool "
@@ -142,7 +144,6 @@ class SharedFeatureWriter(BasePredictionWriter):
                 self._owner.abort()
             else:
                 self._owner.meta.update(n_ranks=len(self.rows_per_rank), rows_per_rank=self.rows_per_rank)
-                del array
                 self._owner.commit(rows_written=total)
         problem = trainer.strategy.broadcast(problem, 0)  # every rank stops, or every rank finds the file in place
         if problem:
@@ -152,10 +153,6 @@ class SharedFeatureWriter(BasePredictionWriter):
         self._array = None
         if self._owner is not None:
             self._owner.abort()
-
-
-def _nan_rows(array: np.ndarray) -> int:
-    return sum(int(np.isnan(array[s : s + CHECK_ROWS]).any(axis=1).sum()) for s in range(0, len(array), CHECK_ROWS))
 
 
 def predict_pool_features(

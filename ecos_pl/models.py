@@ -14,7 +14,11 @@ Pretrained weights never come from the network. `pretrained` is
   says; a name with a tag (`resnet18.a1_in1k`) picks those weights;
 * a path to a weights file (`.safetensors`, `.pth`, `.pt`, `.bin`, `.ckpt`): a timm
   state dict, a checkpoint holding one (`state_dict` / `model` / EMA keys), one of
-  our teacher files or a Lightning checkpoint of one of our modules.
+  our classifier files (`save_classifier_file`) or a Lightning checkpoint of one of our modules.
+
+No code from a weights file ever runs (`read_weights`): safetensors is read as such, whatever
+the suffix, and anything else only through `torch.load(weights_only=True)`; a pickle that
+would import anything beyond tensors and plain containers is refused with one sentence.
 
 A classifier head whose size differs from the one in the weights is dropped and
 initialised afresh, as timm does; everything else must match the architecture.
@@ -22,13 +26,21 @@ initialised afresh, as timm does; everything else must match the architecture.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
+import pickle
+import pickletools
+import zipfile
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ecos_pl.atomic import write_atomic
+from ecos_pl.protocol.errors import ECOSInputError
 
 #: accepted spellings of "keep the data's image size" and "use the pretrained config's input size".
 KEEP_SIZE = (None, "none", "null", "data")
@@ -119,17 +131,113 @@ def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A timm-style state dict from a weights file: bare, nested in a checkpoint, our teacher file or a Lightning one."""
-    from timm.models import load_state_dict
+# ---------------------------------------------------------------- weights files that never run code
 
-    path = str(path)
+#: the `format` in the safetensors metadata of a classifier saved by `save_classifier_file`
+CLASSIFIER_FORMAT = "ecos-pl-classifier/1"
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes (sorted by name): the content hash of our files."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"\0{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_classifier_file(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Weights as safetensors with our metadata and the content hash, written atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {**{k: str(v) for k, v in metadata.items()}, "format": CLASSIFIER_FORMAT, "sha256": state_digest(state)}
+    data = save(state, metadata=meta)
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def _is_safetensors(path: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and 1 < int.from_bytes(head[:8], "little") < path.stat().st_size and head[8:9] == b"{"
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """What a torch/pickle file would import when unpickled, read without running it; None when it is no pickle."""
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 - not a torch archive
+            return None
+    names: list[str] = []
+    strings: list[str] = []
     try:
-        state = load_state_dict(path, use_ema=True, weights_only=True)
-    except Exception:  # noqa: BLE001 - a Lightning checkpoint can hold objects that weights_only refuses
-        state = load_state_dict(path, use_ema=True, weights_only=False)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("it holds no state dict of tensors")
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a pickle (or not only one): what was read so far is the answer
+        return names or None
+    return names
+
+
+def read_weights(path: str | os.PathLike, source: str) -> tuple[object, dict[str, str]]:
+    """(the file's top-level object, its safetensors metadata) without running any code from the file.
+
+    `source` names the file as the user gave it (e.g. `scenario.teacher.checkpoint='t.pt'`);
+    every refusal is one `ECOSInputError` sentence that starts with it. A file in our
+    classifier format must match its content hash.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if _is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                state, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ECOSInputError(f"{source} is a damaged safetensors file ({err}).") from None
+        if meta.get("format") == CLASSIFIER_FORMAT and meta.get("sha256") != state_digest(state):
+            raise ECOSInputError(f"{source} fails its content hash: its weights were altered or damaged after it was saved.")
+        return state, meta
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # as timm: its training checkpoints keep their args
+            return torch.load(path, map_location="cpu", weights_only=True), {}
+    except pickle.UnpicklingError:
+        names = _pickled_globals(path)
+        if names is None:
+            raise ECOSInputError(f"{source} could not be read as weights: it is neither a safetensors file nor a PyTorch checkpoint.") from None
+        what = f" ({', '.join(sorted(set(names))[:3])})" if names else ""
+        raise ECOSInputError(
+            f"{source} was refused: it holds pickled objects{what} that loading would have to run, and nothing was run; "
+            "give a safetensors file or a checkpoint of plain tensors."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - truncated archives, empty files... fail in many types
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ECOSInputError(
+            f"{source} could not be read as weights: it is neither a safetensors file nor a PyTorch checkpoint ({detail[:200]})."
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike, source: str | None = None) -> dict[str, torch.Tensor]:
+    """A timm-style state dict from a weights file: bare, nested in a checkpoint, our classifier file or a Lightning one."""
+    from timm.models import clean_state_dict
+
+    source = source or repr(str(path))
+    checkpoint, _ = read_weights(path, source)
+    if isinstance(checkpoint, dict):  # where timm's load_state_dict looks, in its order (EMA weights first)
+        key = next((k for k in ("state_dict_ema", "model_ema") if checkpoint.get(k) is not None), None)
+        key = key or next((k for k in ("state_dict", "model") if k in checkpoint), None)
+        checkpoint = checkpoint[key] if key else checkpoint
+    if not isinstance(checkpoint, dict) or not checkpoint or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ECOSInputError(f"{source} holds no state dict of tensors.")
+    state = clean_state_dict(checkpoint)
     for prefix in ("model.backbone.", "backbone."):  # our ImageClassifier, or a Lightning module around one
         if any(k.startswith(prefix) for k in state):
             state = _strip(state, prefix)
@@ -159,7 +267,7 @@ def _check_covers(model: nn.Module, state: dict, classifier, source: str, name: 
         return  # a foreign layout: timm's checkpoint filter maps it, and complains itself when it cannot
     missing = [k for k in wanted if k not in state]
     if missing:
-        raise ValueError(
+        raise ECOSInputError(
             f"{source} does not hold weights for timm model {name!r}: {len(missing)} are missing (e.g. {missing[0]!r})."
         )
 
@@ -203,10 +311,7 @@ def create_timm_model(
         overlay = {"file": str(path), "custom_load": True}
         state = None
     else:
-        try:
-            state = read_state_dict(path)
-        except Exception as err:  # noqa: BLE001 - unreadable files come in many types
-            raise ValueError(f"{source} could not be read as weights: {err or type(err).__name__}") from None
+        state = read_state_dict(path, source)  # refusals are one sentence naming `param`
         # the head stored in the file decides whether timm keeps it (same size) or drops it (re-initialised)
         overlay = {"state_dict": state, "num_classes": _head_classes(state, classifier), "custom_load": False}
     try:
@@ -215,7 +320,7 @@ def create_timm_model(
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0] if lines else ""
         detail = detail if len(detail) <= 300 else detail[:300] + "..."
-        raise ValueError(f"{source} does not fit timm model {name!r}: {detail}") from None
+        raise ECOSInputError(f"{source} does not fit timm model {name!r}: {detail}") from None
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights around
         model.pretrained_cfg["file"] = str(path)

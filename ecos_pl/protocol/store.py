@@ -2,7 +2,9 @@
 
 Under DDP, rank zero runs the protocol and writes the artifact (temporary name,
 then rename); the other ranks wait at a barrier and read it. A rerun with the
-same configuration reads it instead of recomputing.
+same configuration reads it instead of recomputing. The artifact carries a sha256
+of its contents; `load_selection` checks it and the indices' range, so a truncated
+or altered artifact is `DamagedSelection`, never a proxy set.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ecos_pl.atomic import write_atomic
 from ecos_pl.protocol.messages import SCHEMA_VERSION
 from ecos_pl.protocol.samplers import Sampler, Selection
 
 #: bump when what a selection depends on changes, so stale artifacts are not reused.
-STORE_VERSION = 1
+#: 2: artifacts carry a checksum (those of 1 have none, so they are not read)
+STORE_VERSION = 2
 #: rows of an array hashed at a time
 HASH_ROWS = 4096
 
@@ -44,10 +47,21 @@ def sampler_spec(sampler: Sampler) -> dict:
     return {"class": type(sampler).__qualname__, "params": {k: v for k, v in sorted(vars(sampler).items())}}
 
 
+class DamagedSelection(ValueError):
+    """A selection artifact that cannot be trusted: unreadable, altered, or inconsistent with the pool."""
+
+
+def _checksum(meta: str, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(meta.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}:{a.dtype.str}:{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def save_selection(selection: Selection, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta = json.dumps({
         "sampler": selection.sampler,
         "bytes_down": selection.bytes_down,
         "bytes_up": selection.bytes_up,
@@ -56,25 +70,35 @@ def save_selection(selection: Selection, path: str | os.PathLike, extra: dict | 
         "n_centroids": selection.n_centroids,
         "epsilon": selection.epsilon,
         "extra": extra or {},
-    }
+    })
     arrays = {"indices": selection.indices, **{f"diag_{k}": np.asarray(v) for k, v in selection.diagnostics.items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    checksum = _checksum(meta, arrays)
+    return write_atomic(path, lambda f: np.savez(f, meta=np.array(meta), checksum=np.array(checksum), **arrays))
+
+
+def load_selection(path: str | os.PathLike, n_pool: int | None = None) -> tuple[Selection, dict]:
+    """(selection, extra) from an artifact written by `save_selection`; `DamagedSelection` says why it cannot be used.
+
+    `n_pool`: the pool's size, which every index must be below.
+    """
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_selection(path: str | os.PathLike) -> tuple[Selection, dict]:
-    """(selection, extra) from an artifact written by `save_selection`."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        diagnostics = {k[len("diag_") :]: z[k] for k in z.files if k.startswith("diag_")}
-        indices = z["indices"].astype(np.int64)
+        with np.load(path, allow_pickle=False) as z:
+            meta_text, checksum = str(z["meta"]), str(z["checksum"])
+            arrays = {k: z[k] for k in z.files if k not in ("meta", "checksum")}
+        meta = json.loads(meta_text)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a truncated zip fails as BadZipFile, EOFError, KeyError, ValueError...
+        raise DamagedSelection(f"unreadable ({type(err).__name__}: {err})") from None
+    if _checksum(meta_text, arrays) != checksum:
+        raise DamagedSelection("its contents do not match its checksum")
+    indices = arrays["indices"]
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise DamagedSelection(f"its indices are {indices.dtype} of shape {indices.shape}, not a list of row numbers")
+    if len(indices) and (indices.min() < 0 or (n_pool is not None and indices.max() >= n_pool)):
+        raise DamagedSelection(f"its indices run from {indices.min()} to {indices.max()}, outside the pool of {n_pool}")
+    if len(np.unique(indices)) != len(indices):
+        raise DamagedSelection("it selects some pool rows more than once")
+    diagnostics = {k[len("diag_") :]: v for k, v in arrays.items() if k.startswith("diag_")}
     extra = meta.pop("extra")
-    return Selection(indices=indices, diagnostics=diagnostics, **meta), extra
+    return Selection(indices=indices.astype(np.int64), diagnostics=diagnostics, **meta), extra

@@ -3,7 +3,14 @@
 In the simulation it is trained where the data live (the client's labelled
 training split) or, as a weaker variant, by the cloud on the labelled pool; or
 read from a checkpoint. A trained teacher is cached under a hash of everything
-that determines it and reused by later runs.
+that determines it (the recipe, the data, and the trainer's limits: a
+`fast_dev_run` teacher has a key of its own) and reused by later runs.
+
+Teacher files are safetensors with our metadata (architecture, classes, input size,
+the training spec) and a content hash (`ecos_pl.models.save_classifier_file`); a
+`.pt` or Lightning checkpoint is read only through `torch.load(weights_only=True)`,
+so no file runs code. A cached teacher that fails its checks is moved aside and
+retrained.
 """
 
 from __future__ import annotations
@@ -11,59 +18,88 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from torch import nn
 
-from ecos_pl.models import ImageClassifier
+from ecos_pl.atomic import clean_dead_temporaries, move_aside
+from ecos_pl.models import ImageClassifier, read_weights, save_classifier_file
+from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.scenarios.base import SupervisedModule
 
 TEACHER_SOURCES = ("client", "pool")
+#: Trainer attributes that change the weights a fit produces (with the accelerator's kind)
+TRAINER_SETTINGS = (
+    "fast_dev_run", "limit_train_batches", "overfit_batches", "max_epochs", "min_epochs", "max_steps", "min_steps",
+    "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "precision",
+)
 
 
-def save_classifier(model: ImageClassifier, path: Path, meta: dict | None = None) -> None:
-    """torch.save to a temporary name in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"arch": model.name, "num_classes": model.num_classes, "state_dict": model.state_dict(), "meta": meta or {}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_classifier(model: ImageClassifier, path: Path, meta: dict | None = None) -> Path:
+    """Our classifier file: safetensors weights, what they are for and a content hash; atomic."""
+    return save_classifier_file(path, model.state_dict(), {
+        "arch": model.name,
+        "num_classes": model.num_classes,
+        "input_size": json.dumps(None if model.input_size is None else list(model.input_size)),
+        "meta": json.dumps(meta or {}, sort_keys=True),
+    })
 
 
-def load_classifier(path: str | os.PathLike, arch: str, num_classes: int, input_size: int | str | None = None) -> ImageClassifier:
-    """Load our teacher format or a Lightning checkpoint; a mismatching architecture is one clear error."""
+def load_classifier(
+    path: str | os.PathLike, arch: str, num_classes: int, input_size: int | str | None = None,
+    *, param: str = "scenario.teacher.checkpoint",
+) -> ImageClassifier:
+    """Load our classifier file or a Lightning checkpoint, running no code from it; any mismatch is one sentence naming `param`."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist.")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint={str(path)!r} holds no state_dict.")
-    saved_arch = payload.get("arch") if isinstance(payload, dict) else None
+        raise FileNotFoundError(f"{param}={str(path)!r} does not exist.")
+    return _read_classifier(path, arch, num_classes, input_size, f"{param}={str(path)!r}")[0]
+
+
+def _read_classifier(path: Path, arch: str, num_classes: int, input_size, source: str) -> tuple[ImageClassifier, dict]:
+    """(model in eval mode, the file's metadata); `source` starts every error sentence."""
+    payload, meta = read_weights(path, source)
+    payload = payload if isinstance(payload, dict) else {}
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ECOSInputError(f"{source} holds no state_dict of tensors.")
+    hparams = payload.get("hyper_parameters")
+    saved_arch = meta.get("arch") or payload.get("arch") or (hparams.get("arch") if isinstance(hparams, dict) else None)
     if saved_arch is not None and saved_arch != arch:
-        raise ValueError(f"checkpoint={str(path)!r} was saved for architecture {saved_arch!r}, but the teacher is {arch!r}.")
+        raise ECOSInputError(f"{source} was saved for architecture {saved_arch!r}, but the teacher is {arch!r}.")
+    if "num_classes" in meta and meta["num_classes"] != str(num_classes):
+        raise ECOSInputError(f"{source} was saved for {meta['num_classes']} classes, but the data have {num_classes}.")
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of one of our modules
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     with torch.random.fork_rng(devices=[]):  # loading weights must not move the global RNG
         model = ImageClassifier(arch, num_classes, input_size=input_size)
+    if "input_size" in meta:
+        resized = json.dumps(None if model.input_size is None else list(model.input_size))
+        if meta["input_size"] != resized:
+            raise ECOSInputError(
+                f"{source} was saved for input size {meta['input_size']}, but the teacher here has {resized} (backbone.input_size)."
+            )
     try:
         model.load_state_dict(state, strict=True)
         model.eval()
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(
-            f"checkpoint={str(path)!r} does not match the teacher architecture {arch!r} with {num_classes} classes: {first}"
+        raise ECOSInputError(
+            f"{source} does not match the teacher architecture {arch!r} with {num_classes} classes: {first}"
         ) from None
-    return model
+    return model, meta
+
+
+def trainer_settings(trainer: pl.Trainer) -> dict:
+    """What of a Trainer changes the weights it trains: limits (`fast_dev_run`, `limit_train_batches`, ...), accumulation,
+    clipping, precision, the accelerator's kind. Read from the Trainer itself, so every way of setting them counts."""
+    settings = {k: getattr(trainer, k) for k in TRAINER_SETTINGS}
+    settings["accelerator"] = type(trainer.accelerator).__name__
+    return {k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in settings.items()}
 
 
 def _fingerprint(datamodule, spec: dict) -> str:
@@ -92,21 +128,31 @@ def obtain_teacher(
     if checkpoint:
         return load_classifier(checkpoint, arch, num_classes, input_size).eval(), {"origin": "checkpoint", "path": str(checkpoint)}
     if source not in TEACHER_SOURCES:
-        raise ValueError(f"teacher.source={source!r} is not one of {', '.join(TEACHER_SOURCES)} (or give teacher.checkpoint).")
+        raise ECOSInputError(f"teacher.source={source!r} is not one of {', '.join(TEACHER_SOURCES)} (or give teacher.checkpoint).")
+    trainer = make_trainer(max_epochs=epochs)
     # v: the training recipe's version; 2 drops a short last batch (the data module's loader), so v1 teachers retrain
-    spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 2}
+    spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 2,
+            "batch_size": getattr(datamodule, "batch_size", None), "trainer": trainer_settings(trainer)}
     if input_size is not None:  # only then: the default keeps its cache key
         spec["input_size"] = input_size
-    path = Path(cache_dir or Path.home() / ".cache" / "ecos-pl").expanduser() / "teachers" / f"teacher-{_fingerprint(datamodule, spec)}.pt"
-    if path.is_file():
+    folder = Path(cache_dir or Path.home() / ".cache" / "ecos-pl").expanduser() / "teachers"
+    clean_dead_temporaries(folder)
+    path = folder / f"teacher-{_fingerprint(datamodule, spec)}.safetensors"
+    # max_time: where training stops depends on the clock, so such a teacher is neither read from nor written to the cache
+    cacheable = not any(isinstance(c, Timer) for c in trainer.callbacks)
+    if cacheable and path.is_file():
         try:
-            return load_classifier(path, arch, num_classes, input_size).eval(), {"origin": "cache", "path": str(path)}
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, not fatal
-            path.unlink(missing_ok=True)
+            model, meta = _read_classifier(path, arch, num_classes, input_size, "it")
+            if meta.get("meta") != json.dumps(spec, sort_keys=True):
+                raise ECOSInputError("it was saved for another training spec than its key says")
+            return model.eval(), {"origin": "cache", "path": str(path)}
+        except ECOSInputError as err:  # damaged: never used, kept aside for a look, retrained below
+            move_aside(path, str(err).rstrip("."))
     with torch.random.fork_rng(devices=[]):
         pl.seed_everything(seed, workers=True, verbose=False)
         module = SupervisedModule(arch=arch, num_classes=num_classes, lr=lr, input_size=input_size)
         loader = datamodule.client_train_dataloader() if source == "client" else datamodule.pool_dataloader()
-        make_trainer(max_epochs=epochs).fit(module, train_dataloaders=loader)
-    save_classifier(module.model, path, meta=spec)
-    return module.model.eval(), {"origin": f"trained on {source}", "path": str(path)}
+        trainer.fit(module, train_dataloaders=loader)
+    if cacheable:
+        save_classifier(module.model, path, meta=spec)
+    return module.model.eval(), {"origin": f"trained on {source}", "path": str(path) if cacheable else None}
