@@ -11,8 +11,10 @@ JSON (kept, so an interrupted comparison resumes where it stopped); the table
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,45 @@ def config_sha1(overrides: list[str]) -> str:
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def cpu_lock():
+    """With ECOS_CPU_LOCK=PATH, each run holds an exclusive flock on PATH: on a shared machine no other
+    timed job runs beside it, and none waits for the whole benchmark."""
+    path = os.environ.get("ECOS_CPU_LOCK")
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_kept(run_overrides: list[str], result_file: Path) -> dict | None:
+    """One `train.py` run's results: the kept file when its config hash matches, else a fresh run (None: it failed)."""
+    config = config_sha1(run_overrides)
+    kept = json.loads(result_file.read_text()) if result_file.exists() else None
+    if kept is not None and kept.get("config_sha1") != config:
+        print(f"[{time.strftime('%H:%M:%S')}] {result_file.name}: its config changed since it ran; running it again", flush=True)
+        kept = None
+    if kept is None:
+        cmd = [sys.executable, "train.py", *run_overrides, f"results_file={result_file}"]
+        print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+        with cpu_lock():
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+            print(f"run failed: {' '.join(run_overrides)}", file=sys.stderr)
+            return None
+        kept = json.loads(result_file.read_text())
+        write_json_atomic({**kept, "config_sha1": config}, result_file)
+    return kept
+
+
 def mean_std(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -97,23 +138,9 @@ def main(argv: list[str]) -> int:
     rows: dict[str, list[dict]] = {}
     for sampler in opts["samplers"]:
         for seed in opts["seeds"]:
-            result_file = runs_dir / f"{sampler}-seed{seed}.json"
-            run_overrides = [f"sampler={sampler}", f"seed={seed}", "logger=csv", *overrides]
-            config = config_sha1(run_overrides)
-            kept = json.loads(result_file.read_text()) if result_file.exists() else None
-            if kept is not None and kept.get("config_sha1") != config:
-                print(f"[{time.strftime('%H:%M:%S')}] {result_file.name}: its config changed since it ran; running it again", flush=True)
-                kept = None
+            kept = run_kept([f"sampler={sampler}", f"seed={seed}", "logger=csv", *overrides], runs_dir / f"{sampler}-seed{seed}.json")
             if kept is None:
-                cmd = [sys.executable, "train.py", *run_overrides, f"results_file={result_file}"]
-                print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-                    print(f"run failed: sampler={sampler} seed={seed}", file=sys.stderr)
-                    return 1
-                kept = json.loads(result_file.read_text())
-                write_json_atomic({**kept, "config_sha1": config}, result_file)
+                return 1
             rows.setdefault(sampler, []).append(kept)
     title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f" ({' '.join(overrides)})" if overrides else "")
     table = markdown(rows, title)

@@ -18,6 +18,8 @@ from ecos_pl.atomic import clean_dead_temporaries, move_aside
 from ecos_pl.data.base import DomainSplit, ECOSData
 from ecos_pl.phi import FeatureExtractor, images_to_tensor
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
+from ecos_pl.protocol.errors import ECOSInputError
+from ecos_pl.protocol.privacy import ScoreMechanism, check_budget
 from ecos_pl.protocol.store import DamagedSelection, load_selection, sampler_spec, save_selection, selection_key
 from ecos_pl.scenarios.labels import LabelRequest, ProxyLabels
 
@@ -65,6 +67,9 @@ class ECOSDataModule(pl.LightningDataModule):
         budget: int | None = 400,
         seed: int = 1,
         client_epsilon: float | None = None,
+        client_mechanism: str = "gaussian",
+        client_delta: float = 1e-5,
+        client_max_epsilon: float | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
@@ -81,6 +86,9 @@ class ECOSDataModule(pl.LightningDataModule):
         self.budget = budget
         self.seed = seed
         self.client_epsilon = client_epsilon
+        #: how the client privatises its scores (`client_epsilon=None`: exact counts, a reference with no guarantee)
+        self.score_mechanism = ScoreMechanism.from_settings(client_epsilon, client_mechanism, client_delta)
+        self.client_max_epsilon = client_max_epsilon
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -209,6 +217,8 @@ class ECOSDataModule(pl.LightningDataModule):
         key = selection_key(
             data.name, *data_parts, self.phi.fingerprint(), sampler_spec(self.sampler), self.budget if self.sampler.uses_budget else None,
             self.seed, self.client_epsilon,
+            # exact counts keep the keys they always had; a mechanism's noise depends on its kind and δ
+            *(() if self.client_epsilon is None else (self.score_mechanism.mechanism, self.score_mechanism.delta)),
         )
         self._selection_path = Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
         return self._selection_path
@@ -230,6 +240,26 @@ class ECOSDataModule(pl.LightningDataModule):
             except DamagedSelection as err:
                 self._checked, self._damaged_selection = (st, None), str(err)
         return self._checked[1]
+
+    def check_privacy_budget(self) -> float:
+        """The ε of everything the client will release (scores, then labels when the scenario asks for them),
+        checked against `client_max_epsilon` before anything is released; labels are counted for a full budget."""
+        if self.sampler.releases_features:  # the privacy-violating reference: no ε bounds an upload
+            check_budget(float("inf"), self.client_max_epsilon, "uploading every client feature (oracle_central)")
+            return float("inf")
+        asks = getattr(self.sampler, "asks_client", False)
+        releases = [self.score_mechanism] if asks else []
+        epsilons = getattr(self.proxy_labels, "epsilons", None)
+        if epsilons is not None and not self.sampler.trains_on_client:
+            total, what = epsilons(int(self.budget), releases)[1], f"scores and {self.budget} labels"
+        else:
+            from ecos_pl.protocol.privacy import composed_epsilon
+
+            total, what = composed_epsilon([r.dp_event() for r in releases], self.score_mechanism.delta), "the scores"
+            if asks and self.score_mechanism.mechanism != "none":
+                total = self.score_mechanism.epsilon  # one release: its calibrated ε, exact
+        check_budget(total, self.client_max_epsilon, what)
+        return total
 
     def setup(self, stage: str | None = None) -> None:
         if self.selection is not None:
@@ -275,7 +305,8 @@ class ECOSDataModule(pl.LightningDataModule):
         t1 = time.perf_counter()
         client_features = self.client_features
         t2 = time.perf_counter()
-        client = ECOSClient(client_features, epsilon=self.client_epsilon, seed=self.seed)
+        client = ECOSClient(client_features, epsilon=self.client_epsilon, mechanism=self.score_mechanism.mechanism,
+                            delta=self.score_mechanism.delta, seed=self.seed)
         budget = self.budget if self.sampler.uses_budget else None
         selection = self.sampler.sample(pool_features, client, budget, self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
@@ -289,6 +320,11 @@ class ECOSDataModule(pl.LightningDataModule):
         else:
             targets, report = self.proxy_labels.assign(self._label_request(data, sel))
         report["n_trained"] = int((targets >= 0).sum())
+        if report["n_trained"] < 2:  # batch-norm cannot train on one sample; nothing can on none
+            raise ECOSInputError(
+                f"only {report['n_trained']} of {len(targets)} proxy samples got a label, too few to train on; "
+                "lower scenario.labels.threshold (or set it to null) or raise the budget."
+            )
         report["proxy_targets_sha1"] = hashlib.sha1(np.ascontiguousarray(targets, dtype=np.int64).tobytes()).hexdigest()
         return targets, report
 
@@ -301,8 +337,9 @@ class ECOSDataModule(pl.LightningDataModule):
             client_labels=data.client_train.labels,
             num_classes=data.num_classes,
             seed=self.seed,
-            # what the selection already released about the client: nothing, Laplace scores (ε), or exact values (None)
-            score_epsilons=[] if sel.bytes_up == 0 else [sel.epsilon],
+            # what the selection already released about the client: nothing, or its scores
+            score_releases=[] if sel.bytes_up == 0 else [self.score_mechanism],
+            max_epsilon=self.client_max_epsilon,
         )
 
     def _label_features(self, data: ECOSData, sel: Selection):
@@ -352,6 +389,8 @@ class ECOSDataModule(pl.LightningDataModule):
             "bytes_up": sel.bytes_up,
             "client_score_macs": sel.client_macs,
             "epsilon": sel.epsilon,
+            # how the scores were privatised (what the client did, whatever the sampler asked)
+            "score_privacy": self.score_mechanism.report() if sel.bytes_up and not self.sampler.releases_features else None,
             "timings": {
                 "features": cloud_features_s + client_features_s,
                 "features_cloud": cloud_features_s,
