@@ -512,7 +512,8 @@ def build_parser():
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pool", metavar="FOLDER", help="folder of pool images (every image under it, sorted by path, unless --pool-list)")
     src.add_argument("--features", metavar="POOL.npy", help="the pool's φ features, float [N, d], computed elsewhere")
-    p.add_argument("--pool-list", metavar="FILE", help="text file of image paths relative to --pool, one a line: the pool and its order")
+    p.add_argument("--pool-list", metavar="FILE", help="text file of image paths inside --pool, one a line (a name a line cannot hold "
+                   "as it is, e.g. one with a newline, as a JSON string; # comments): the pool and its order")
     names = ", ".join(phi_preset_names()) or "random_cnn, pca"
     p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULT_PHI}, as train.py) or a φ file")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULT_IMAGE_SIZE}, or the φ file's)")
@@ -539,7 +540,7 @@ def build_parser():
     p.add_argument("--temperature", type=positive_float("--temperature"), default=None, help="override τ (default: compress's)")
     p.add_argument("--client-cap", type=positive_float("--client-cap", allow_none=True, at_least=1.0), default=CLIENT_CAP, metavar="F",
                    help="no client's scores weigh more than F times the median of the other clients' totals (the samples they "
-                        "claim); none: no cap (default %(default)s)")
+                        "claim); none (or 0): no cap (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use scores files that carry no tag (nothing checks what they answer)")
     p.add_argument("--out", required=True, metavar="proxy.json")
     p.set_defaults(func=cmd_select)

@@ -426,8 +426,11 @@ def load_phi(path, flag: str = "--phi"):
         image_size = check_phi_image_size(image_size)  # before anything is allocated for it
         shapes.pop("probe.features", None)
         phi = phi_from_spec(spec, state_shapes=shapes)
-        with safe_open(str(p), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # noqa: BLE001 - a header that parses over a damaged body
+            raise ECOSInputError(f"its tensors cannot be read ({type(err).__name__}).") from None
         probe = tensors.pop("probe.features", None)
         phi.load_state_tensors(tensors, image_size)
     except ECOSInputError as err:
@@ -435,7 +438,10 @@ def load_phi(path, flag: str = "--phi"):
     if phi.fingerprint() != fingerprint:
         raise ECOSInputError(f"{flag} {path} does not rebuild the φ it was saved from (fingerprint {phi.fingerprint()} != {fingerprint}).")
     # a sanity check of the weights, tolerant of device arithmetic (the cloud may have run φ on a GPU, in TF32)
-    features = phi.transform(_probe_images(image_size))
+    try:
+        features = phi.transform(_probe_images(image_size))
+    except Exception as err:  # noqa: BLE001 - e.g. a network too deep for images this small
+        raise ECOSInputError(f"{flag} {path}: its φ cannot compute features of {image_size}-pixel images ({_one_line(err)[:160]}).") from None
     if probe is None or tuple(probe.shape) != features.shape:
         raise ECOSInputError(f"{flag} {path}: its probe features do not match its φ (shape {None if probe is None else tuple(probe.shape)}).")
     cosine = np.sum(features * probe.numpy(), axis=1)
