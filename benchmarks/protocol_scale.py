@@ -24,16 +24,23 @@ sklearn's k-means++ is slow, as it computes its distances in float64), a
 `NearestNeighbors` search for each client sample's centroid, the same
 `allocate_budget`, and a k-center greedy inside each cluster that builds the
 cluster's full pairwise distance matrix. All sizes are MiB (2**20 bytes).
+
+The floor: the same run times a float32 SGEMM of the assignment's shape
+([chunk rows, D] @ [D, R]) with numpy and with torch, before and after the
+protocol, and takes the best rate as the machine's GEMM rate. Each stage's
+multiply-adds are counted (k-means: iterations run × training rows × R × D;
+assignment: N × R × D; score: client × R × D; select: for each cluster, picks ×
+members × D, one matrix-vector product per k-center pick), and its time is
+compared with those FLOPs at the GEMM rate: `ratio` = seconds / floor seconds.
+Select is a chain of matrix-vector products, bound by memory, not by the GEMM rate.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ecos_pl.atomic import write_json_atomic  # noqa: E402
 from ecos_pl.protocol import ECOSClient, ECOSCloud, allocate_budget  # noqa: E402
+from ecos_pl.protocol.compress import _assignment_chunks  # noqa: E402
 
 MIB = 2**20
 #: rows generated per chunk: 16384 × 512 float32 temporaries are 32 MiB
@@ -148,7 +157,19 @@ def run_ecos(data: dict, args: argparse.Namespace, log: Log) -> dict:
     t3 = time.perf_counter()
     log(f"select done in {t3 - t2:.1f}s")
     assert cloud.pool_features is data["pool"], "ECOSCloud copied an already-normalised float32 pool"
+    n, d, r = args.n, args.dim, args.centroids
+    n_train = min(n, r * args.max_points_per_centroid)
+    iterations = int(cloud.clusters.kmeans_iterations)
+    macs = {
+        "kmeans": iterations * n_train * r * d,
+        "assign": n * r * d,
+        "score": args.client_size * r * d,
+        "select": int(np.sum(cloud.allocation * cloud.clusters.sizes)) * d,
+    }
     return {
+        "kmeans_iterations": iterations,
+        "kmeans_training_rows": n_train,
+        "gflop": {k: 2 * v / 1e9 for k, v in macs.items()},
         "compress_s": t1 - t0,
         "score_s": t2 - t1,
         "select_s": t3 - t2,
@@ -158,6 +179,48 @@ def run_ecos(data: dict, args: argparse.Namespace, log: Log) -> dict:
         "bytes_down": int(message.nbytes),
         "bytes_up": int(reply.nbytes),
         "scored_clusters": int(np.count_nonzero(reply.scores)),
+    }
+
+
+def gemm_rates(rows: int, dim: int, n_centroids: int, *, torch_too: bool, repeats: int = 5) -> dict:
+    """GFLOP/s of a float32 [rows, dim] @ [dim, n_centroids] product, best of `repeats`, per library."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, dim), dtype=np.float32)
+    b = rng.standard_normal((dim, n_centroids), dtype=np.float32)
+    flop = 2.0 * rows * dim * n_centroids
+
+    def best(run) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return flop / min(times) / 1e9
+
+    out = np.empty((rows, n_centroids), dtype=np.float32)
+    rates = {"numpy": best(lambda: np.matmul(a, b, out=out))}
+    if torch_too:
+        import torch
+
+        ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+        rates["torch"] = best(lambda: torch.mm(ta, tb, out=tout))
+    return rates
+
+
+def floor_ratios(result: dict) -> dict:
+    """Per stage and in total: achieved GFLOP/s and seconds over the FLOPs' time at the GEMM rate."""
+    rate = result["gemm_gflops"]
+    gflop = result["gflop"]
+    stages = {
+        "compress": (result["compress_s"], gflop["kmeans"] + gflop["assign"]),
+        "score": (result["score_s"], gflop["score"]),
+        "select": (result["select_s"], gflop["select"]),
+        "total": (result["total_s"], sum(gflop.values())),
+    }
+    return {
+        name: {"seconds": s, "gflop": g, "gflops": g / s, "floor_s": g / rate, "ratio": s / (g / rate)}
+        for name, (s, g) in stages.items()
     }
 
 
@@ -216,20 +279,6 @@ def run_reference(data: dict, args: argparse.Namespace, log: Log) -> dict:
     }
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -237,7 +286,7 @@ def print_table(result: dict) -> None:
     c = result["config"]
     table = Table(title=f"ECOS protocol at N={c['n']:,}, D={c['dim']}, R={c['centroids']}, B={c['budget']:,}")
     table.add_column("")
-    table.add_column("ECOS (faiss)", justify="right")
+    table.add_column("ECOS", justify="right")
     has_ref = "reference_total_s" in result
     if has_ref:
         table.add_column("reference (sklearn/numpy)", justify="right")
@@ -257,7 +306,16 @@ def print_table(result: dict) -> None:
     row("proxy set size", f("n_selected", "{:,}"), f("reference_n_selected", "{:,}"))
     if has_ref:
         row("speedup", f("speedup", "{:.1f}×"))
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in result["gemm_gflops_by_library"].items())
+    floor = Table(title=f"Against the GEMM floor: {result['gemm_gflops']:.0f} GFLOP/s (SGEMM {result['gemm_shape']}; {rates})")
+    for col in ("stage", "s", "GFLOP", "GFLOP/s", "floor s", "× floor"):
+        floor.add_column(col, justify="right" if col != "stage" else "left")
+    for name, st in result["floor"].items():
+        floor.add_row(name, f"{st['seconds']:.2f}", f"{st['gflop']:.1f}", f"{st['gflops']:.1f}", f"{st['floor_s']:.2f}",
+                      f"{st['ratio']:.2f}")
+    console.print(floor)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -278,17 +336,34 @@ def main(argv: list[str] | None = None) -> dict:
     generate_s = time.perf_counter() - log.start
     feature_mb = data["pool"].nbytes / MIB
     result = {"config": config, "generate_s": generate_s, "feature_matrix_mb": feature_mb}
+    (lo, hi), *_ = _assignment_chunks(args.n, args.centroids)
+    shape = (hi - lo, args.dim, args.centroids)
+    log(f"GEMM floor: SGEMM [{shape[0]}, {shape[1]}] @ [{shape[1]}, {shape[2]}], numpy")
+    before = gemm_rates(*shape, torch_too=False)
     result.update(run_ecos(data, args, log))
     result["peak_rss_mb"] = peak_rss_mb()
     result["extra_rss_mb"] = result["peak_rss_mb"] - feature_mb
+    log("GEMM floor again after the protocol, numpy and torch")
+    after = gemm_rates(*shape, torch_too=True)
+    result["gemm_shape"] = f"[{shape[0]}, {shape[1]}] @ [{shape[1]}, {shape[2]}]"
+    result["gemm_gflops_by_library"] = {
+        "numpy_before": before["numpy"], "numpy_after": after["numpy"], "torch_after": after["torch"]
+    }
+    result["gemm_gflops"] = max(result["gemm_gflops_by_library"].values())
+    result["floor"] = floor_ratios(result)
     if args.reference:
         result.update(run_reference(data, args, log))
         result["reference_peak_rss_mb"] = peak_rss_mb()
         result["speedup"] = result["reference_total_s"] / result["total_s"]
+    return finish(result, args.json, print_table, log)
+
+
+def finish(result: dict, path: Path, table, log: Log) -> dict:
+    """The end every benchmark here shares: load average, JSON (atomically), the table, where it went."""
     result["load_average_at_end"] = list(os.getloadavg())
-    write_json_atomic(result, args.json)
-    print_table(result)
-    log(f"wrote {args.json}")
+    write_json_atomic(result, path)
+    table(result)
+    log(f"wrote {path}")
     return result
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ecos_pl.protocol import kernels
 from ecos_pl.protocol.errors import check_count
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage
@@ -20,6 +21,7 @@ class PoolClusters:
     assignments: np.ndarray  # int64 [N]
     sq_distances: np.ndarray  # float32 [N], squared L2 distance to its centroid
     sizes: np.ndarray  # int64 [R]
+    kmeans_iterations: int | None = None  # Lloyd iterations run (fewer than niter if it converged)
 
     def members(self, cluster: int) -> np.ndarray:
         return np.flatnonzero(self.assignments == cluster)
@@ -29,24 +31,35 @@ def use_gpu_default() -> bool:
     return faiss.get_num_gpus() > 0
 
 
-def nearest_centroid(features: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None):
-    """Exact nearest centroid of every row (faiss flat L2 index): (squared distances, indices)."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    if use_gpu_default() if use_gpu is None else use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    sq_dist, idx = index.search(features, 1)
-    return sq_dist[:, 0], idx[:, 0].astype(np.int64)
-
-
 #: pools with at least this many rows get a k-means spinner and an assignment bar, on a terminal only.
 PROGRESS_MIN_ROWS = 100_000
-#: CPU assignment chunks are this many faiss query blocks (`distance_compute_blas_query_bs` rows each).
-ASSIGN_CHUNK_BLOCKS = 16
+#: CPU assignment chunks are at most this many `kernels.BLOCK_ROWS`-row blocks (fewer when R is large).
+ASSIGN_CHUNK_BLOCKS = 4
+
+
+def _assignment_chunks(n: int, n_centroids: int = 1) -> list[tuple[int, int]]:
+    """The CPU assignment's row chunks: whole blocks, the score buffer bounded, a short tail folded in."""
+    fit = kernels.default_chunk_rows(n_centroids) // kernels.BLOCK_ROWS
+    return kernels.row_chunks(n, min(ASSIGN_CHUNK_BLOCKS, fit) * kernels.BLOCK_ROWS)
+
+
+def nearest_centroid(features: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None):
+    """Exact nearest centroid of every row: (squared distances, indices).
+
+    On CPU a chunked SGEMM on numpy's BLAS (`kernels.nearest_rows`: faiss's
+    bundled BLAS can run at a fifth of the machine's rate); on GPU a faiss flat index.
+    """
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    if use_gpu_default() if use_gpu is None else use_gpu:
+        index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(c.shape[1]))
+        index.add(c)
+        sq_dist, idx = index.search(np.ascontiguousarray(features, dtype=np.float32), 1)
+        return sq_dist[:, 0], idx[:, 0].astype(np.int64)
+    return kernels.nearest_rows(features, c, chunks=_assignment_chunks(len(features), len(c)))
 
 
 def _show_progress(n_rows: int) -> bool:
-    """faiss reports no progress, so long clusterings look hung without this (rich only; no training framework)."""
+    """Long clusterings look hung without this (rich only; no training framework)."""
     if n_rows < PROGRESS_MIN_ROWS:
         return False
     from rich.console import Console
@@ -60,34 +73,19 @@ def _spinner(message: str):
     return Console().status(message)
 
 
-def _assignment_chunks(n: int) -> list[tuple[int, int]]:
-    """Row ranges that leave faiss's results bit-identical to one search over all rows.
-
-    Each chunk is a whole number of faiss's query blocks (so BLAS sees the same
-    blocks) and, when all rows would take the BLAS path, no chunk is short enough
-    to fall back to the exact per-row path.
-    """
-    bs = max(1, int(faiss.cvar.distance_compute_blas_query_bs))
-    threshold = int(faiss.cvar.distance_compute_blas_threshold)
-    size = bs * max(ASSIGN_CHUNK_BLOCKS, -(-threshold // bs))
-    bounds = list(range(0, n, size)) + [n]
-    if len(bounds) > 2 and n >= threshold and bounds[-1] - bounds[-2] < threshold:
-        del bounds[-2]  # fold a short tail into the previous chunk
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 def nearest_centroid_chunked(features: np.ndarray, centroids: np.ndarray, *, description: str = "assigning"):
-    """`nearest_centroid` on CPU in chunks with a progress bar; the same results."""
-    from rich.progress import track
+    """`nearest_centroid` on CPU with a progress bar; the same chunks, so the same results."""
+    from rich.progress import Progress
 
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    sq_dist = np.empty(len(features), dtype=np.float32)
-    assign = np.empty(len(features), dtype=np.int64)
-    for lo, hi in track(_assignment_chunks(len(features)), description=description, transient=True):
-        d, i = index.search(features[lo:hi], 1)
-        sq_dist[lo:hi], assign[lo:hi] = d[:, 0], i[:, 0]
-    return sq_dist, assign
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=len(features))
+        return kernels.nearest_rows(
+            features,
+            c,
+            chunks=_assignment_chunks(len(features), len(c)),
+            on_chunk=lambda lo, hi: progress.advance(task, hi - lo),
+        )
 
 
 def compress(
@@ -102,31 +100,37 @@ def compress(
     use_gpu: bool | None = None,
     verbose: bool = False,
 ) -> tuple[CentroidsMessage, PoolClusters]:
-    """Seeded faiss k-means on the L2-normalised pool features.
+    """Seeded k-means on the L2-normalised pool features: faiss's algorithm, on numpy's BLAS on CPU, faiss on GPU.
 
-    k-means trains on at most `max_points_per_centroid * R` points (faiss subsamples),
-    then every pool point is assigned with an exact index, so the cost stays
-    linear in N. With `send_radii`, each cluster's radius is the `radius_quantile`
+    k-means trains on at most `max_points_per_centroid * R` points (subsampled as
+    faiss does), then every pool point is assigned exactly, so the cost stays
+    linear in N. `verbose` is faiss's (GPU only). With `send_radii`, each cluster's radius is the `radius_quantile`
     quantile of its members' distances, letting the client ignore samples the pool
     does not cover.
     """
     x = unit_rows(pool_features, "pool_features")
     r = check_count(n_centroids, "n_centroids", high=x.shape[0], high_name="the pool size")
     gpu = use_gpu_default() if use_gpu is None else bool(use_gpu)
-    kmeans = faiss.Kmeans(
-        x.shape[1],
-        r,
-        niter=niter,
-        seed=int(seed),
-        gpu=gpu,
-        verbose=verbose,
-        max_points_per_centroid=max_points_per_centroid,
-        min_points_per_centroid=1,
-    )
     show = _show_progress(x.shape[0])
     with _spinner(f"k-means: {r} centroids on {x.shape[0]:,} × {x.shape[1]} features") if show else contextlib.nullcontext():
-        kmeans.train(x)
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        if gpu:
+            kmeans = faiss.Kmeans(
+                x.shape[1],
+                r,
+                niter=niter,
+                seed=int(seed),
+                gpu=True,
+                verbose=verbose,
+                max_points_per_centroid=max_points_per_centroid,
+                min_points_per_centroid=1,
+            )
+            kmeans.train(x)
+            centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+            iterations = len(kmeans.iteration_stats)
+        else:
+            centroids, iterations = kernels.kmeans(
+                x, r, niter=niter, seed=int(seed), max_points_per_centroid=max_points_per_centroid
+            )
     if show and not gpu:
         sq_dist, assign = nearest_centroid_chunked(x, centroids, description=f"assigning {x.shape[0]:,} pool rows")
     else:
@@ -141,4 +145,4 @@ def compress(
         for c in np.flatnonzero(sizes):
             radii[c] = np.quantile(dist[order[bounds[c] : bounds[c + 1]]], radius_quantile)
     message = CentroidsMessage(centroids, radii)
-    return message, PoolClusters(assign, sq_dist.astype(np.float32), sizes)
+    return message, PoolClusters(assign, sq_dist.astype(np.float32), sizes, iterations)
