@@ -39,8 +39,9 @@ uv run ecos-cloud compress --pool $TREE --pool-list pool.txt --centroids $R --se
 # hand-over, cloud -> client: the centroids and φ
 mkdir -p client/inbox && cp cloud/centroids.ecos cloud/phi.safetensors client/inbox/
 
-# 2. client (terminal 2): R coverage scores of its own images, nothing else
-uv run ecos-client score --centroids client/inbox/centroids.ecos --phi client/inbox/phi.safetensors --images client/images --out client/scores.ecos
+# 2. client (terminal 2): R coverage scores of its own images (Gaussian noise, ε = 0.58, δ = 1e-5), nothing else
+#    simulation only: --seed 1 draws train.py's noise, for the check below; a real client leaves it out (OS randomness)
+uv run ecos-client score --centroids client/inbox/centroids.ecos --phi client/inbox/phi.safetensors --images client/images --seed 1 --out client/scores.ecos
 
 # hand-over, client -> cloud: 32 + 4·R bytes
 mkdir -p cloud/inbox && cp client/scores.ecos cloud/inbox/
@@ -51,7 +52,7 @@ uv run ecos-cloud select --state cloud --scores cloud/inbox/scores.ecos --budget
 # pseudo_label only: the client labels the proxy set from φ of its samples
 uv run ecos-cloud proxy-features --state cloud --proxy cloud/proxy.json --out cloud/proxy_features.ecos
 cp cloud/proxy_features.ecos client/inbox/
-uv run ecos-client label --proxy-features client/inbox/proxy_features.ecos --phi client/inbox/phi.safetensors --images client/images --scores client/scores.ecos --out client/labels.ecos
+uv run ecos-client label --proxy-features client/inbox/proxy_features.ecos --phi client/inbox/phi.safetensors --images client/images --scores client/scores.ecos --seed 1 --out client/labels.ecos
 cp client/labels.ecos cloud/inbox/
 uv run ecos-cloud labels --state cloud --proxy cloud/proxy.json --labels cloud/inbox/labels.ecos --out cloud/proxy_labels.json
 

@@ -3,9 +3,10 @@
     ecos-client score   centroids.ecos + own images (or features) -> scores.ecos  (R numbers)
     ecos-client label   proxy_features.ecos + own labelled images -> labels.ecos  (pseudo_label: B labels)
 
-Each prints the ε of what it released (the scores' Laplace ε; the labels' Gaussian noisy max
-composed with the scores by dp-accounting's RDP accountant) and writes exactly one message
-file: R scores, or one label per proxy sample, with a 32-byte header.
+Each prints the ε of what it released (the scores: Gaussian at ε = 0.58, δ = 1e-5 by default, as
+train.py; the labels: Private-kNN, composed with the scores by dp-accounting's RDP accountant) and
+writes exactly one message file: R scores, or one label per proxy sample, with a 32-byte header.
+Without --seed the noise (and Private-kNN's subsamples) come from the OS's CSPRNG.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ecos_pl.cli.common import (
     existing_dir,
     existing_file,
     fraction,
-    fresh_seed,
     list_images,
     load_phi,
     make_parser,
@@ -54,7 +54,9 @@ from ecos_pl.protocol.score import check_centroids
 PROG = "ecos-client"
 PHI_FILE = "phi.safetensors"
 #: pseudo_label defaults: conf/scenario/pseudo_label.yaml
-LABEL_DEFAULTS = {"k": 10, "sigma": 2.0, "threshold": 0.5, "delta": 1e-5}
+LABEL_DEFAULTS = {"k": 40, "sigma": 4.0, "threshold": 0.3, "delta": 1e-5, "sampling_rate": 0.2, "screen_sigma": None}
+#: the scores' privacy: conf/train.yaml `client`
+SCORE_DEFAULTS = {"mechanism": "gaussian", "epsilon": 0.58, "delta": 1e-5}
 
 
 def _client_phi(args, message, message_flag: str):
@@ -115,8 +117,8 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
 def cmd_score(args) -> int:
     message, _ = read_message(args.centroids, CentroidsMessage, "--centroids", check_centroids)
     features, _, _ = _client_features(args, message, "--centroids")
-    seed = fresh_seed(args.seed)
-    client = ECOSClient(features, epsilon=args.epsilon, seed=seed, use_radii=not args.ignore_radii)
+    client = ECOSClient(features, epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, seed=args.seed,
+                        use_radii=not args.ignore_radii)
     plain = client.score(message)
     reply = ScoresMessage(plain.scores, plain.epsilon, tag=answer_tag(message))
     data = reply.to_bytes()
@@ -124,7 +126,7 @@ def cmd_score(args) -> int:
     say(f"scored {client.n_samples:,} own samples against R={message.n_centroids} centroids "
         f"({client.score_macs:,} multiply-adds, {client.score_seconds:.3f} s)",
         f"released: {args.out}: {len(data)} bytes = {HEADER_BYTES} + 4·R; R scores and nothing per sample",
-        scores_privacy_line(reply.epsilon))
+        scores_privacy_line(client.privacy))
     if args.epsilon is not None and args.seed is not None:
         say("note: --seed makes the noise reproducible; whoever knows the seed can remove it. Leave --seed out for a real release.")
     return 0
@@ -142,16 +144,18 @@ def _unit_proxy_features(message: ProxyFeaturesMessage) -> ProxyFeaturesMessage:
 
 def cmd_label(args) -> int:
     from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
+    from ecos_pl.protocol.privacy import ScoreMechanism, check_budget
 
     message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features", _unit_proxy_features)
     if args.features is not None and args.labels is None:
         raise ECOSInputError("--features needs --labels (one class index per row) to label the proxy set.")
     if args.features is None and (args.labels is not None or args.num_classes is not None):
         raise ECOSInputError("--labels and --num-classes go with --features; with --images the class folders are the labels.")
-    score_eps = None
+    score_release = None
     if args.scores is not None:
         mine, _ = read_message(args.scores, ScoresMessage, "--scores")
-        score_eps = [mine.epsilon]
+        # the file records ε; how it was privatised is this program's --mechanism/--delta (as when it was scored)
+        score_release = ScoreMechanism.from_settings(mine.epsilon, args.mechanism, args.delta)
     features, labels, names = _client_features(args, message, "--proxy-features", labelled=True)
     if labels is None:
         path = existing_file(args.labels, "--labels")
@@ -170,7 +174,11 @@ def cmd_label(args) -> int:
         num_classes = len(names)
     if args.k > len(features):
         raise ECOSInputError(f"--k {args.k} is larger than the number of labelled client samples ({len(features)}).")
-    labeller = PseudoLabeller(features, labels, num_classes, k=args.k, sigma=args.sigma, threshold=args.threshold, seed=fresh_seed(args.seed))
+    accounting = {"sampling_rate": args.sampling_rate, "screen_sigma": args.screen_sigma}
+    eps = label_epsilon(args.sigma, message.n_samples, args.delta, **accounting)
+    total = None if score_release is None else label_epsilon(args.sigma, message.n_samples, args.delta, [score_release], **accounting)
+    check_budget(eps if total is None else total, args.max_epsilon, f"labelling {message.n_samples} proxy samples")
+    labeller = PseudoLabeller(features, labels, num_classes, k=args.k, sigma=args.sigma, threshold=args.threshold, seed=args.seed, **accounting)
     plain = labeller.label(message)
     reply = LabelsMessage(plain.labels, plain.sigma, tag=answer_tag(message))
     data = reply.to_bytes()
@@ -181,11 +189,10 @@ def cmd_label(args) -> int:
     if names is not None:
         say("labels are indices into your class folders: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
     say(f"released: {args.out}: {len(data)} bytes = {HEADER_BYTES} + 2·B; one class (or -1) per proxy sample and nothing else")
-    eps = label_epsilon(reply.sigma, reply.n_samples, args.delta)
-    say(f"privacy of the labels ({reply.n_samples} Gaussian noisy-max answers, σ = {reply.sigma}): {eps_text(eps)}, δ = {args.delta:g} (RDP; dp-accounting)")
-    if score_eps is not None:
-        total = label_epsilon(reply.sigma, reply.n_samples, args.delta, score_eps)
-        say(f"privacy of your whole exchange (scores {eps_text(score_eps[0])} + labels): {eps_text(total)}, δ = {args.delta:g}")
+    say(f"privacy of the labels ({reply.n_samples} Private-kNN answers, subsample rate γ = {args.sampling_rate:g}, σ = {reply.sigma}): "
+        f"{eps_text(eps)}, δ = {args.delta:g} (RDP; dp-accounting)")
+    if total is not None:
+        say(f"privacy of your whole exchange (scores {eps_text(score_release.epsilon)} + labels): {eps_text(total)}, δ = {args.delta:g}")
     else:
         say("pass --scores YOUR_SCORES.ecos to compose this with the ε of the scores you released.")
     return 0
@@ -210,19 +217,42 @@ def _add_own_data(p, *, labelled: bool) -> None:
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="must equal the φ file's (default: the φ file's)")
 
 
+def rate(name: str):
+    """A sampling rate in (0, 1], refused by argparse with the flag's name."""
+    import argparse
+
+    from ecos_pl.protocol.privacy import check_rate
+
+    def parse(text: str) -> float:
+        try:
+            return check_rate(text, name)
+        except ECOSInputError as err:
+            raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
+
+    return parse
+
+
+def _add_score_privacy(p) -> None:
+    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_DEFAULTS["mechanism"], help="noise on the counts (default %(default)s)")
+    p.add_argument("--epsilon", type=positive_float("--epsilon", allow_none=True), default=SCORE_DEFAULTS["epsilon"],
+                   help="ε of the release (default %(default)s, the paper's); none: exact counts, no guarantee")
+    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=SCORE_DEFAULTS["delta"], help="δ of the Gaussian mechanism (default %(default)s)")
+
+
 def build_parser():
     parser = make_parser(PROG, "The client's side of ECOS: answer the cloud with R scores (and, for pseudo_label, labels); nothing else leaves.", EPILOG)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = add_command(sub, "score", "centroids.ecos + your data -> scores.ecos (R numbers up)",
-                    "Each of your samples votes for its nearest centroid; the R vote counts (optionally with Laplace(1/ε)\n"
-                    "noise, clipped at 0) are written as scores.ecos: 32 + 4·R bytes, nothing per sample.",
+                    "Each of your samples votes for its nearest centroid; the R vote counts, with Gaussian noise calibrated to\n"
+                    "(ε, δ) by dp-accounting (or Laplace(1/ε)), clipped at 0, are written as scores.ecos: 32 + 4·R bytes,\n"
+                    "nothing per sample. Defaults are train.py's: Gaussian, ε = 0.58, δ = 1e-5.",
                     "examples:\n"
                     "  ecos-client score --centroids cloud/centroids.ecos --phi cloud/phi.safetensors --images client_images --out scores.ecos\n"
                     "  ecos-client score --centroids centroids.ecos --features mine.npy --epsilon 1 --out scores.ecos")
     p.add_argument("--centroids", required=True, metavar="centroids.ecos")
     _add_own_data(p, labelled=False)
-    p.add_argument("--epsilon", type=positive_float("--epsilon"), default=None, help="Laplace noise of scale 1/ε on every count (ε-DP); default: exact counts")
+    _add_score_privacy(p)
     p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
     p.add_argument("--ignore-radii", action="store_true", help="let every sample vote even if the centroids came with radii")
     p.add_argument("--out", required=True, metavar="scores.ecos")
@@ -240,9 +270,15 @@ def build_parser():
     p.add_argument("--labels", metavar="LABELS.npy", help="with --features: one class index per row")
     p.add_argument("--num-classes", type=positive_int("--num-classes"), default=None, help="with --features (default: largest label + 1)")
     p.add_argument("--k", type=positive_int("--k"), default=LABEL_DEFAULTS["k"], help="neighbours that vote (default %(default)s)")
-    p.add_argument("--sigma", type=positive_float("--sigma", allow_none=True), default=LABEL_DEFAULTS["sigma"], help="Gaussian noise on each vote histogram; 0/none: exact votes, not private (default %(default)s)")
+    p.add_argument("--sigma", type=positive_float("--sigma", allow_none=True), default=LABEL_DEFAULTS["sigma"], help="Gaussian noise on each vote histogram; none: exact votes, not private (default %(default)s)")
     p.add_argument("--threshold", type=fraction("--threshold", allow_none=True), default=LABEL_DEFAULTS["threshold"], help="abstain under threshold·k noisy votes; none: never (default %(default)s)")
+    p.add_argument("--sampling-rate", type=rate("--sampling-rate"), default=LABEL_DEFAULTS["sampling_rate"],
+                   help="γ: each query votes in a fresh subsample holding each of your samples with this probability (default %(default)s)")
+    p.add_argument("--screen-sigma", type=positive_float("--screen-sigma", allow_none=True), default=LABEL_DEFAULTS["screen_sigma"],
+                   help="screen on the top vote + N(0, σ₁²) instead of the answer's own noise (accounted; default: none)")
+    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_DEFAULTS["mechanism"], help="how --scores were privatised (default %(default)s)")
     p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABEL_DEFAULTS["delta"], help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--max-epsilon", type=positive_float("--max-epsilon", allow_none=True), default=None, help="refuse to release if the exchange would cost more (default: no budget)")
     p.add_argument("--scores", metavar="scores.ecos", help="the scores you released earlier, to compose the whole exchange's ε")
     p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
     p.add_argument("--out", required=True, metavar="labels.ecos")

@@ -367,7 +367,7 @@ def cmd_select(args) -> int:
         f"wrote {args.out} (proxy_set_sha1 {proxy['proxy_set_sha1']})",
         "privacy, per client (the selection is post-processing of the released scores: it costs no client anything more):")
     for c in clients:
-        say(f"  {c['scores_file']}: {eps_text(c['epsilon'])}" + (", δ = 0 (Laplace(1/ε) scores, pure ε-DP)" if c["epsilon"] else "")
+        say(f"  {c['scores_file']}: {eps_text(c['epsilon'])}" + (" (as the client privatised them; ecos-client's default is Gaussian, δ = 1e-5)" if c["epsilon"] else "")
             + f"; {c['bytes_up']} bytes up")
     return 0
 
@@ -391,6 +391,7 @@ def cmd_proxy_features(args) -> int:
 
 def cmd_labels(args) -> int:
     from ecos_pl.protocol.label import label_epsilon
+    from ecos_pl.protocol.privacy import ScoreMechanism
 
     state = load_state(args.state)
     proxy = load_proxy(args.proxy, state)
@@ -408,9 +409,10 @@ def cmd_labels(args) -> int:
     if args.client is not None and args.client not in names:
         raise ECOSInputError(f"--client {args.client} is not one of the clients in --proxy {args.proxy}: {', '.join(names)}.")
     client = args.client if args.client is not None else names[0] if len(names) == 1 else None
-    score_eps = [next(c["epsilon"] for c in clients if c["scores_file"] == client)] if client is not None else []
-    eps_labels = label_epsilon(msg.sigma, msg.n_samples, args.delta)
-    eps_exchange = label_epsilon(msg.sigma, msg.n_samples, args.delta, score_eps) if client is not None else None
+    # the messages carry ε and σ; the client's mechanism and subsample rate are what the two sides agreed (defaults: train.py's)
+    scores = [ScoreMechanism.from_settings(next(c["epsilon"] for c in clients if c["scores_file"] == client), args.score_mechanism, args.delta)] if client is not None else []
+    eps_labels = label_epsilon(msg.sigma, msg.n_samples, args.delta, sampling_rate=args.sampling_rate)
+    eps_exchange = label_epsilon(msg.sigma, msg.n_samples, args.delta, scores, sampling_rate=args.sampling_rate) if client is not None else None
     labels = msg.labels.astype(np.int64)
     out = {
         "format": "ecos-proxy-labels/1",
@@ -430,7 +432,7 @@ def cmd_labels(args) -> int:
     }
     write_json_atomic(args.out, out)
     say(f"wrote {args.out}: {out['n_labelled']} labelled, {out['n_dropped']} dropped of {len(labels)} proxy samples",
-        f"privacy of the labels ({msg.n_samples} noisy-max answers, σ = {msg.sigma}): {eps_text(eps_labels)}, δ = {args.delta:g} (RDP; dp-accounting)")
+        f"privacy of the labels ({msg.n_samples} Private-kNN answers, σ = {msg.sigma}, subsample rate γ = {args.sampling_rate:g}): {eps_text(eps_labels)}, δ = {args.delta:g} (RDP; dp-accounting)")
     if client is not None:
         say(f"privacy of {client}'s whole exchange (scores + labels): {eps_text(eps_exchange)}, δ = {args.delta:g}")
     else:
@@ -560,6 +562,8 @@ def build_parser():
     p.add_argument("--proxy", required=True, metavar="proxy.json")
     p.add_argument("--labels", required=True, metavar="labels.ecos")
     p.add_argument("--client", metavar="SCORES_FILE", help="which client labelled (its scores file as named in proxy.json), to compose its ε")
+    p.add_argument("--sampling-rate", type=positive_float("--sampling-rate"), default=0.2, help="the client's Private-kNN subsample rate γ, for its ε (default %(default)s, ecos-client's)")
+    p.add_argument("--score-mechanism", choices=("gaussian", "laplace"), default="gaussian", help="how the client privatised its scores (default %(default)s)")
     p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=1e-5, help="δ at which ε is reported (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use a labels file that carries no tag (nothing checks what it answers)")
     p.add_argument("--out", required=True, metavar="proxy_labels.json")

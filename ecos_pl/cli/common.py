@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -121,7 +120,7 @@ def nonneg_int(name: str) -> Callable[[str], int]:
 
 def positive_float(name: str, *, allow_none: bool = False, below_one: bool = False, at_least: float | None = None) -> Callable[[str], float | None]:
     def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null", "off", "0"):
+        if allow_none and text.strip().lower() in ("none", "null", "off"):
             return None
         try:
             value = float(text)
@@ -148,11 +147,6 @@ def fraction(name: str, *, allow_none: bool = False) -> Callable[[str], float | 
         return value
 
     return parse
-
-
-def fresh_seed(seed: int | None) -> int:
-    """The given seed, or fresh OS randomness: noise whose seed is known can be subtracted again."""
-    return secrets.randbits(63) if seed is None else int(seed)
 
 
 # --------------------------------------------------------------------------- files
@@ -459,10 +453,11 @@ def eps_text(eps: float | None) -> str:
     return f"ε = {eps:.6g}"
 
 
-def scores_privacy_line(epsilon: float | None) -> str:
-    """The ε of one score release (`laplace_epsilon`: one Laplace release is ε itself, pure DP)."""
-    from ecos_pl.protocol.privacy import laplace_epsilon
-
-    if epsilon is None:
-        return "privacy: ε = ∞: exact counts are not differentially private (pass --epsilon E for Laplace(1/E) noise)."
-    return f"privacy: ε = {laplace_epsilon([epsilon]):.6g}, δ = 0 (Laplace(1/ε) on each of the R counts: pure ε-DP)."
+def scores_privacy_line(privacy) -> str:
+    """What one score release guarantees (`privacy`: the client's `ScoreMechanism`)."""
+    if privacy.mechanism == "none":
+        return "privacy: ε = ∞: exact counts are not differentially private (--epsilon E adds calibrated noise)."
+    if privacy.mechanism == "laplace":
+        return f"privacy: ε = {privacy.epsilon:.6g}, δ = 0 (Laplace(1/ε) on each of the R counts: pure ε-DP)."
+    return (f"privacy: ε = {privacy.epsilon:.6g}, δ = {privacy.delta:g} (Gaussian, σ = {privacy.noise_scale:.4g} on each of the R counts, "
+            "calibrated by dp-accounting).")

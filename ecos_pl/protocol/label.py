@@ -29,7 +29,7 @@ import numpy as np
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import LabelsMessage, ProxyFeaturesMessage
-from ecos_pl.protocol.privacy import ScoreMechanism, check_delta, check_rate, composed_epsilon
+from ecos_pl.protocol.privacy import NoiseSource, ScoreMechanism, check_delta, check_rate, composed_epsilon
 
 #: L2 sensitivity of one query's vote histogram to adding or removing one client sample
 VOTE_SENSITIVITY = math.sqrt(2.0)
@@ -55,11 +55,14 @@ def _checked(client_features, client_labels, query_features, k, num_classes):
     return client, query, labels, k
 
 
-def subsample_masks(n_queries: int, n_client: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """bool [B, n]: query b's Poisson subsample (each client sample kept with probability `rate`), data-independent."""
+def subsample_masks(n_queries: int, n_client: int, rate: float, rng) -> np.ndarray:
+    """bool [B, n]: query b's Poisson subsample (each client sample kept with probability `rate`), data-independent.
+
+    `rng`: a numpy Generator or a `NoiseSource` (unseeded: the OS's CSPRNG, so nobody can know the subsamples).
+    """
     if rate >= 1.0:
         return np.ones((n_queries, n_client), dtype=bool)
-    return rng.random((n_queries, n_client)) < rate
+    return NoiseSource.wrap(rng).random((n_queries, n_client)) < rate
 
 
 def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_features: np.ndarray, k: int, num_classes: int,
@@ -86,7 +89,7 @@ def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_feat
     return votes
 
 
-def noisy_argmax(votes: np.ndarray, sigma: float | None, threshold: float | None, k: int, rng: np.random.Generator,
+def noisy_argmax(votes: np.ndarray, sigma: float | None, threshold: float | None, k: int, rng,
                  screen_sigma: float | None = None) -> np.ndarray:
     """Arg-max of votes + N(0, σ²) per class; -1 where the (screening's, if any) noisy top vote is under threshold·k."""
     for name, value in (("sigma", sigma), ("screen_sigma", screen_sigma)):
@@ -94,10 +97,10 @@ def noisy_argmax(votes: np.ndarray, sigma: float | None, threshold: float | None
             raise ECOSInputError(f"{name} must be a finite number >= 0 (or None for no noise), got {value}.")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ECOSInputError(f"threshold must lie in [0, 1] (a fraction of the k votes) or be None, got {threshold}.")
-    screened = None
+    noise, screened = NoiseSource.wrap(rng), None
     if screen_sigma:  # drawn first, so the answer's noise is the same with and without a threshold
-        screened = votes.max(axis=1) + rng.normal(0.0, screen_sigma, size=len(votes))
-    noisy = votes + (rng.normal(0.0, sigma, size=votes.shape) if sigma else 0.0)
+        screened = votes.max(axis=1) + noise.normal(screen_sigma, len(votes))
+    noisy = votes + (noise.normal(sigma, votes.shape) if sigma else 0.0)
     labels = noisy.argmax(axis=1).astype(np.int64)
     if threshold is not None:
         top = noisy.max(axis=1) if screened is None else screened
@@ -144,20 +147,22 @@ class PseudoLabeller:
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
                  sigma: float | None = 2.0, threshold: float | None = 0.5, sampling_rate: float = 1.0,
-                 screen_sigma: float | None = None, seed: int = 0):
+                 screen_sigma: float | None = None, seed: int | None = 0):
         self._features = unit_rows(features, "client_features")
         self._labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(num_classes)
-        self.k, self.sigma, self.threshold, self.seed = k, sigma, threshold, int(seed)
+        #: seed None: subsamples and noise from the OS's CSPRNG (a known seed would reveal both)
+        self.k, self.sigma, self.threshold, self.seed = k, sigma, threshold, None if seed is None else int(seed)
         self.sampling_rate = check_rate(sampling_rate, "sampling_rate")
         self.screen_sigma = screen_sigma
         self.seconds = 0.0
 
     def label(self, message: ProxyFeaturesMessage) -> LabelsMessage:
         start = time.perf_counter()
-        rng = np.random.default_rng([self.seed, 0x1ABE1])
+        seeded = self.seed is not None
+        rng = NoiseSource([self.seed, 0x1ABE1] if seeded else None)
         # subsamples from their own stream: a query's answer depends on its subsample and its noise only
-        subsamples = np.random.default_rng([self.seed, 0x5AB5])
+        subsamples = NoiseSource([self.seed, 0x5AB5] if seeded else None)
         votes = knn_votes(self._features, self._labels, message.features, self.k, self.num_classes, self.sampling_rate, subsamples)
         labels = noisy_argmax(votes, self.sigma, self.threshold, self.k, rng, self.screen_sigma)
         self.seconds += time.perf_counter() - start

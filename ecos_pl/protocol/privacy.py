@@ -79,6 +79,19 @@ class NoiseSource:
         self.seed = seed
         self._rng = None if seed is None else np.random.default_rng(seed)
 
+    @classmethod
+    def wrap(cls, source) -> "NoiseSource":
+        """A NoiseSource as is, or one drawing from an existing numpy Generator."""
+        if isinstance(source, NoiseSource):
+            return source
+        wrapped = cls(None)
+        wrapped._rng = source
+        return wrapped
+
+    def random(self, size) -> np.ndarray:
+        """Uniforms in [0, 1): Private-kNN's subsamples (their secrecy is what amplifies privacy)."""
+        return self._rng.random(size) if self._rng is not None else self._uniform(size)
+
     @property
     def secure(self) -> bool:
         return self._rng is None
