@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    import logging
+    from ecos_pl.console import quiet_third_party
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it tried, six lines on every run
+    quiet_third_party()
 
     from ecos_pl.bad_input import exit_on_bad_input
     from ecos_pl.config_schema import config_errors, validate_config

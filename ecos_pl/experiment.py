@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 
 import hydra
@@ -36,15 +37,72 @@ def _instantiate_group(node) -> list:
 def make_trainer_factory(cfg: DictConfig):
     """Trainers for auxiliary fits (the simulated teacher): same hardware settings, no logger, no checkpoints."""
 
-    def make_trainer(**overrides) -> pl.Trainer:
+    def make_trainer(label: str = "", **overrides) -> pl.Trainer:
         # single device: under DDP rank zero trains the teacher before the other ranks start, and they find it cached
+        bars = [c for c in _instantiate_group(cfg.get("callbacks")) if isinstance(c, pl.callbacks.ProgressBar)]
+        _label_bars(bars, label)
         kwargs = {"logger": False, "enable_checkpointing": False, "check_val_every_n_epoch": None,
-                  "devices": 1, "strategy": "auto", "num_nodes": 1,
-                  "callbacks": [c for c in _instantiate_group(cfg.get("callbacks")) if isinstance(c, pl.callbacks.ProgressBar)],
-                  **overrides}
+                  "devices": 1, "strategy": "auto", "num_nodes": 1, "callbacks": bars, **overrides}
         return hydra.utils.instantiate(cfg.trainer, **kwargs)
 
     return make_trainer
+
+
+def _label_bars(callbacks: list, label: str, predict_label: str | None = None) -> None:
+    """Name the fit on the progress bar (`callbacks.LabelledProgressBar`): teacher, student, φ extraction."""
+    from callbacks import LabelledProgressBar
+
+    for c in callbacks:
+        if isinstance(c, LabelledProgressBar):
+            c.label = label
+            if predict_label:
+                c.predict_label = predict_label
+
+
+def _trainer_callbacks(cfg: DictConfig, loggers: list) -> list:
+    """The configured callbacks; a learning-rate monitor only when there is a logger to send it to."""
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    return callbacks
+
+
+def loggable_config(cfg: DictConfig) -> dict:
+    """The config as loggers should record it: interpolations resolved, and no key that only copies another.
+
+    `datamodule.budget: ${budget}` and the like are wiring; logging them would show every
+    setting twice. Keys that do not resolve outside Hydra's app (`${hydra:...}`) stay as written.
+    """
+    def walk(node):
+        out = {}
+        for key in node.keys():
+            if OmegaConf.is_interpolation(node, key) and _PLAIN_REFERENCE.fullmatch(str(node._get_node(key)._value())):
+                continue
+            value = node._get_node(key)
+            if isinstance(value, DictConfig):
+                out[key] = walk(value)
+                continue
+            try:
+                out[key] = OmegaConf.to_container(OmegaConf.create({"v": node[key]}), resolve=True)["v"]
+            except Exception:  # noqa: BLE001 - an interpolation only Hydra's app can resolve
+                out[key] = str(value._value())
+        return out
+
+    return walk(cfg)
+
+
+_PLAIN_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w.]*\}")
+
+
+def close_loggers() -> None:
+    """Finish the W&B run, so that the next job of a sweep starts its own (the template's `close_loggers`)."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
@@ -65,6 +123,14 @@ def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
 
 
 def run_experiment(cfg: DictConfig) -> dict:
+    """One job: its W&B run is finished when it ends, so each job of a sweep (`-m seed=1,2`) logs into its own."""
+    try:
+        return _run(cfg)
+    finally:
+        close_loggers()
+
+
+def _run(cfg: DictConfig) -> dict:
     validate_config(cfg)  # types and ranges, before anything is built
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.datamodule)
@@ -77,7 +143,8 @@ def run_experiment(cfg: DictConfig) -> dict:
     module, extra = build_module(cfg, datamodule, make_trainer)
 
     loggers = _instantiate_group(cfg.get("logger"))
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = _trainer_callbacks(cfg, loggers)
+    _label_bars(callbacks, f"{cfg.scenario.name}: {cfg.backbone.student}", f"φ of {len(data.pool):,} pool images")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     steps = training_steps(cfg, trainer.world_size)
     if steps is not None:  # equal compute for every sampler, whatever the size of its training set
@@ -129,7 +196,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         **{k: v for k, v in extra.items() if k != "teacher_test_acc"},
     }
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=False))
+        logger.log_hyperparams(loggable_config(cfg))
         logger.log_metrics({f"result/{k}": v for k, v in _flat_numbers(results).items()})
     return results
 

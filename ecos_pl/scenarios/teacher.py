@@ -129,7 +129,7 @@ def obtain_teacher(
         return load_classifier(checkpoint, arch, num_classes, input_size).eval(), {"origin": "checkpoint", "path": str(checkpoint)}
     if source not in TEACHER_SOURCES:
         raise ECOSInputError(f"teacher.source={source!r} is not one of {', '.join(TEACHER_SOURCES)} (or give teacher.checkpoint).")
-    trainer = make_trainer(max_epochs=epochs)
+    trainer = make_trainer(label=f"teacher: {arch} on the {'client' if source == 'client' else 'pool'}'s labels", max_epochs=epochs)
     # v: the training recipe's version; 2 drops a short last batch (the data module's loader), so v1 teachers retrain
     spec = {"arch": arch, "num_classes": num_classes, "source": source, "epochs": epochs, "lr": lr, "seed": seed, "v": 2,
             "batch_size": getattr(datamodule, "batch_size", None), "trainer": trainer_settings(trainer)}
