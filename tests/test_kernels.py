@@ -128,3 +128,17 @@ def test_compress_on_cpu_reports_its_iterations_and_matches_faiss_assignment():
     assert 1 <= clusters.kmeans_iterations <= 25
     _, want = _faiss_search(x, message.centroids)
     assert np.mean(clusters.assignments == want) > 0.999
+
+
+def test_the_blas_thread_count_changes_no_bit():
+    """OpenBLAS splits a GEMM over rows and columns, never over the summed dimension."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(3)
+    x = _unit(rng.standard_normal((2 * kernels.BLOCK_ROWS, 64)))
+    c = rng.standard_normal((90, 64)).astype(np.float32)
+    many = kernels.nearest_rows(x, c)
+    with threadpool_limits(1, user_api="blas"):
+        one = kernels.nearest_rows(x, c)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
