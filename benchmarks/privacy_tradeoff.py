@@ -6,7 +6,7 @@
 `scores`: `compression`, ECOS's scores Gaussian at ε = 0.07, 0.58 (the default), 1.23
 (the paper's Fig. 7 points) and exact counts; random asks the client nothing, so it is
 one reference line. `labels`: `pseudo_label` (scores at the default ε = 0.58), the
-Private-kNN setting (γ = 0.2, k = 40, threshold 0.3) at σ = 8, 6, 4 (the default), 2,
+Private-kNN setting (γ = 0.2, k = 40, threshold 0.3) at σ = 8, 4 (the default), 2,
 and the old non-private labelling (every client sample votes, k = 10, σ = 2,
 threshold 0.5); ε is the whole exchange at δ = 1e-5. Every run goes through
 `train.py` (kept under benchmarks/results/runs/privacy/, reused while its config is
@@ -33,7 +33,6 @@ SEEDS = (1, 2, 3)
 SCORE_EPSILONS = (0.07, 0.58, 1.23, None)
 LABEL_SETTINGS = {
     "σ=8": ["scenario.labels.sigma=8.0"],
-    "σ=6": ["scenario.labels.sigma=6.0"],
     "σ=4 (default)": [],
     "σ=2": ["scenario.labels.sigma=2.0"],
     "old: γ=1, k=10, σ=2, thr 0.5": ["scenario.labels.sampling_rate=1.0", "scenario.labels.k=10", "scenario.labels.sigma=2.0",

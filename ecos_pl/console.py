@@ -18,6 +18,8 @@ QUIET_LOGGERS = {
     "lightning_fabric.utilities.seed": logging.WARNING,  # "Seed set to 1", once per fit
     "pytorch_lightning.utilities.rank_zero": logging.WARNING,  # GPU/TPU availability, the litlogger tip, "fit stopped"
     "absl": logging.ERROR,  # dp-accounting: RDP orders it cannot evaluate, one warning each
+    "onnx_ir": logging.WARNING,  # the ONNX export's graph passes, a dozen lines
+    "onnxscript": logging.WARNING,
 }
 #: warnings raised inside libraries about their own internals, or about choices this project made on purpose
 IGNORED_WARNINGS = (

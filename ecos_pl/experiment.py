@@ -10,9 +10,12 @@ import math
 import re
 import time
 
+from pathlib import Path
+
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from ecos_pl.config_schema import check_against_data, validate_config
 from ecos_pl.scenarios import build_module
@@ -94,6 +97,46 @@ def loggable_config(cfg: DictConfig) -> dict:
 _PLAIN_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w.]*\}")
 
 
+def evaluate_student(cfg: DictConfig) -> dict:
+    """A saved student (`ckpt_path=<run>/student.safetensors`) on the client's test split of the configured data and seed."""
+    from ecos_pl.protocol.errors import ECOSInputError
+    from ecos_pl.scenarios.compression import evaluate_accuracy
+    from ecos_pl.scenarios.teacher import load_classifier
+
+    validate_config(cfg)
+    if not cfg.get("ckpt_path"):
+        raise ECOSInputError("ckpt_path must name a student file, e.g. ckpt_path=outputs/<run>/student.safetensors.")
+    datamodule = hydra.utils.instantiate(cfg.datamodule)
+    data = datamodule.load_data()
+    model = load_classifier(cfg.ckpt_path, cfg.backbone.student, data.num_classes, cfg.backbone.get("input_size"), param="ckpt_path")
+    accuracy = evaluate_accuracy(model, datamodule.test_dataloader(), data.num_classes)
+    return {"data": cfg.data.name, "seed": int(cfg.seed), "student": str(cfg.ckpt_path), "n_client_test": len(data.client_test),
+            "client_test_acc": accuracy}
+
+
+def _write_outputs(cfg: DictConfig, trainer: pl.Trainer, datamodule, module, data) -> dict:
+    """proxy_set.csv and the student (safetensors, ONNX) in the run's folder, on rank zero, and as W&B artifacts."""
+    folder = cfg.trainer.get("default_root_dir")
+    if not cfg.get("save_outputs", True) or not folder or not trainer.is_global_zero:
+        return {}
+    from ecos_pl.outputs import save_student, write_proxy_set_csv
+
+    folder = Path(folder)
+    written = {"proxy_set_csv": str(write_proxy_set_csv(datamodule, folder / "proxy_set.csv"))}
+    meta = {"scenario": cfg.scenario.name, "data": cfg.data.name, "seed": int(cfg.seed),
+            "image_size": int(data.client_test.images.shape[1]), "proxy_set_sha1": datamodule.report["proxy_set_sha1"]}
+    written.update({f"student_{kind}": path for kind, path in save_student(module.model, folder, meta).items()})
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            artifact = wandb.Artifact(f"ecos-{cfg.scenario.name}-seed{cfg.seed}", type="model", metadata=meta)
+            for path in written.values():
+                artifact.add_file(path)
+            logger.experiment.log_artifact(artifact)
+    return written
+
+
 def close_loggers() -> None:
     """Finish the W&B run, so that the next job of a sweep starts its own (the template's `close_loggers`)."""
     import sys
@@ -155,9 +198,10 @@ def _run(cfg: DictConfig) -> dict:
     datamodule.predict_pool_features(trainer)
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))  # ckpt_path: resume a fit
     train_seconds = time.perf_counter() - start
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
+    extra["outputs"] = _write_outputs(cfg, trainer, datamodule, module, data)
 
     report = datamodule.report
     results = {

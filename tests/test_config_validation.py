@@ -110,3 +110,25 @@ def _env():
     import os
 
     return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+@pytest.mark.parametrize("extra", ["debug=smoke", "debug=fast_dev_run", "debug=overfit", "experiment=exact_scores",
+                                   "experiment=ecos_md_defaults", "trainer=gpu"])
+@pytest.mark.parametrize("scenario", ["compression", "pseudo_label"])
+def test_debug_and_experiment_configs_compose_and_validate(extra, scenario):
+    cfg = composed(f"scenario={scenario}", extra)
+    validate_config(cfg)
+    if extra == "debug=smoke":
+        assert cfg.budget == 120 and cfg.trainer.limit_train_batches == 2 and cfg.phi._target_.endswith("PCAPixels")
+    if extra == "experiment=exact_scores":
+        assert cfg.client.epsilon is None
+    if extra == "experiment=ecos_md_defaults":
+        assert cfg.n_centroids == 64 and cfg.sampler.temperature == 1.0
+
+
+def test_help_lists_the_groups_and_the_keys_users_change(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for words in ("scenario: compression, label_outsourcing, pseudo_label", "debug: fast_dev_run, overfit, smoke",
+                  "client.epsilon (0.58)", "budget: proxy-set size B (400)"):
+        assert words in proc.stdout

@@ -37,6 +37,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit, ECOSData
+from ecos_pl.protocol.errors import ECOSInputError
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,17 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 def _check_inputs(seed, client_domain, image_size) -> tuple[int, str, int]:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+        raise ECOSInputError(f"seed must be an int, got {seed!r}.")
     if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed}.")
+        raise ECOSInputError(f"seed must be a non-negative int, got {seed}.")
     if not isinstance(client_domain, str) or client_domain not in DIGIT_DOMAINS:
-        raise ValueError(
-            f"client_domain={client_domain!r} is not one of the digit domains: {', '.join(DIGIT_DOMAINS)}."
+        raise ECOSInputError(
+            f"data.source.client_domain={client_domain!r} is not one of the digit domains: {', '.join(DIGIT_DOMAINS)}."
         )
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
-        raise ValueError(f"image_size must be an int, got {image_size!r}.")
+        raise ECOSInputError(f"data.source.image_size must be an int, got {image_size!r}.")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size}.")
+        raise ECOSInputError(f"data.source.image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size}.")
     return int(seed), client_domain, int(image_size)
 
 
@@ -315,7 +316,7 @@ def _recipe(seed: int, client_domain: str, size: int, renders: dict[str, int]) -
 
 def _renders(client_train_renders) -> dict[str, int]:
     if isinstance(client_train_renders, bool) or not isinstance(client_train_renders, numbers.Integral) or client_train_renders < 1:
-        raise ValueError(f"client_train_renders must be a whole number >= 1, got {client_train_renders!r}.")
+        raise ECOSInputError(f"data.source.client_train_renders must be a whole number >= 1, got {client_train_renders!r}.")
     return {**RENDERS, "client_train": int(client_train_renders)}
 
 

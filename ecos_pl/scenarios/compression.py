@@ -20,17 +20,30 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 class DistillationModule(ProxyTrainingModule):
     """No label of the proxy set is used: the targets are the frozen teacher's softened outputs."""
 
-    def __init__(self, teacher: nn.Module, temperature: float = 4.0, **kwargs):
+    def __init__(self, teacher: nn.Module | None = None, temperature: float = 4.0, **kwargs):
         super().__init__(**kwargs)
         self.temperature = temperature
-        self.teacher = teacher.eval().requires_grad_(False)
+        #: None only to evaluate a saved student (`load_from_checkpoint`); training needs it
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The frozen teacher is not part of what was trained: its weights stay out of the checkpoint (45 of 84 MB)."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming a fit: this module's own teacher (from its checkpoint or the cache) fills the keys left out."""
+        if self.teacher is not None:
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()  # batch-norm statistics of the teacher stay frozen
+        if self.teacher is not None:
+            self.teacher.eval()  # batch-norm statistics of the teacher stay frozen
         return self
 
     def training_loss(self, logits, batch):
+        if self.teacher is None:
+            raise RuntimeError("DistillationModule was built without a teacher; pass teacher=... to train it.")
         with torch.no_grad():
             teacher_logits = self.teacher(batch["image"])
         return distillation_loss(logits, teacher_logits, self.temperature)
