@@ -31,9 +31,9 @@ from ecos_pl.atomic import write_atomic, write_json_atomic  # noqa: E402
 
 SEEDS = (1, 2, 3)
 SCORE_EPSILONS = (0.07, 0.58, 1.23, None)
-LABEL_SETTINGS = {
-    "σ=8": ["scenario.labels.sigma=8.0"],
+LABEL_SETTINGS = {  # the default first: an interrupted run still answers "are the defaults private and better than random?"
     "σ=4 (default)": [],
+    "σ=8": ["scenario.labels.sigma=8.0"],
     "σ=2": ["scenario.labels.sigma=2.0"],
     "old: γ=1, k=10, σ=2, thr 0.5": ["scenario.labels.sampling_rate=1.0", "scenario.labels.k=10", "scenario.labels.sigma=2.0",
                                      "scenario.labels.threshold=0.5"],
@@ -59,16 +59,22 @@ def summarise(results: list[dict], key: str):
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else (None, None)
 
 
-def measure(part: str) -> list[dict]:
+def measure(part: str, kept_only: bool = False) -> list[dict]:
+    """Every point of one part (`kept_only`: only the points whose runs are all kept, running nothing)."""
     rows = []
     for curve, point, overrides in runs(part):
         results = []
         for seed in SEEDS:
             slug = "-".join(o.split("=", 1)[1] for o in overrides).replace("/", "_")
-            kept = run_kept([*overrides, f"seed={seed}", "logger=csv"], ROOT / "benchmarks/results/runs/privacy" / f"{part}-{slug}-seed{seed}.json")
+            path = ROOT / "benchmarks/results/runs/privacy" / f"{part}-{slug}-seed{seed}.json"
+            if kept_only and not path.exists():
+                break
+            kept = run_kept([*overrides, f"seed={seed}", "logger=csv"], path)
             if kept is None:
                 raise SystemExit(1)
             results.append(kept)
+        if len(results) < len(SEEDS):
+            continue
         epsilon_key = "epsilon" if part == "scores" else "exchange_epsilon"
         eps_values = {r.get(epsilon_key) for r in results}
         row = {"part": part, "curve": curve, "point": point, "overrides": overrides,
@@ -141,8 +147,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("scores", "labels", "both"), default="both")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/privacy_tradeoff"))
+    parser.add_argument("--kept-only", action="store_true", help="tabulate the points whose 3 runs are kept; run nothing")
     args = parser.parse_args()
-    rows = [row for part in (("scores", "labels") if args.part == "both" else (args.part,)) for row in measure(part)]
+    parts = ("scores", "labels") if args.part == "both" else (args.part,)
+    rows = [row for part in parts for row in measure(part, args.kept_only)]
     text = table(rows)
     print(text)
     out = Path(args.out)

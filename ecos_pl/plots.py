@@ -8,7 +8,6 @@ PNG is rendered by the Agg canvas that `Figure.savefig` uses.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -220,15 +219,7 @@ def composition_figure(
 
 
 def save_figure_atomic(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
-    """Render to a temporary PNG beside the target, then rename: a reader never sees half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Render through the project's one atomic writer: a reader never sees half an image, and the mode is the umask's."""
+    from ecos_pl.atomic import write_atomic
+
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
