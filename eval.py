@@ -10,6 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+import ecos_pl.conf_store  # noqa: F401 - registers the protocol settings nodes (protocol/*) before Hydra composes
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecos_pl.atomic import write_json_atomic  # noqa: E402
+import ecos_pl.conf_store  # noqa: E402,F401 - the protocol settings nodes Hydra composes from
 
 DEFAULTS = {
     "seeds": [1, 2, 3],

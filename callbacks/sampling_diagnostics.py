@@ -135,7 +135,7 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def _footer(diag: dict, datamodule) -> str:
     s = diag["scalars"]
     eps = s["epsilon"]
-    budget = datamodule.budget if datamodule.sampler.uses_budget else None
+    budget = datamodule.pipeline.budget if datamodule.sampler.uses_budget else None
     lines = [
         f"sampler={datamodule.selection.sampler}   R={s['n_centroids'] if s['n_centroids'] is not None else '-'}   "
         f"budget={budget if budget is not None else '-'}   selected {s['n_selected']:,} of {s['n_pool']:,} pool samples",
@@ -161,8 +161,9 @@ class SamplingDiagnostics(pl.Callback):
 
     `output_dir` receives `sampling_projection.png`, `sampling_composition.png`,
     `cluster_diagnostics.csv` and `sampling_diagnostics.csv` (default: the trainer's
-    `default_root_dir`). Their paths go into `datamodule.report["figures"]` and
-    `["diagnostics_files"]` so the results file can point at them.
+    `default_root_dir`). Their paths, and the composition by class, stay in `outputs`
+    (the run's results include them). The projection needs the pool's φ features: it is
+    drawn only when they are at hand (computed, or in the feature cache); φ never runs here.
     """
 
     def __init__(self, output_dir: str | os.PathLike | None = None, figure: bool = True, max_points: int = plots.MAX_POINTS):
@@ -170,6 +171,8 @@ class SamplingDiagnostics(pl.Callback):
         self.figure = figure
         self.max_points = max_points
         self._done = False
+        #: what the run's results include: figure and file paths, composition by class, score concentration
+        self.outputs: dict = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._done or not trainer.is_global_zero:
@@ -191,13 +194,11 @@ class SamplingDiagnostics(pl.Callback):
         if diag["clusters"] is not None:
             files["clusters_csv"] = str(write_text_atomic(out / CLUSTERS_CSV, _csv(diag["clusters"], CLUSTER_COLUMNS)))
         figures = self._figures(datamodule, diag, out) if self.figure else {}
-        report = datamodule.report
-        report["figures"] = figures
-        report["diagnostics_files"] = files
-        report.setdefault("composition_by_class", {row["class"]: row["proxy_count"] for row in diag["classes"]})
+        self.outputs = {"figures": figures, "diagnostics_files": files,
+                        "composition_by_class": {row["class"]: row["proxy_count"] for row in diag["classes"]}}
         if "scores/total" in diag["scalars"]:
-            report.setdefault("score_concentration", {
-                k.split("/", 1)[1]: v for k, v in diag["scalars"].items() if k.startswith("scores/")})
+            self.outputs["score_concentration"] = {
+                k.split("/", 1)[1]: v for k, v in diag["scalars"].items() if k.startswith("scores/")}
 
         scalars = {PREFIX + k: v for k, v in _numeric(diag["scalars"]).items()}
         for logger in loggers:
@@ -209,16 +210,20 @@ class SamplingDiagnostics(pl.Callback):
 
     def _figures(self, datamodule, diag: dict, out: Path) -> dict[str, str]:
         data, sel = datamodule.data, datamodule.selection
-        coords, explained = plots.pca_2d(datamodule.pool_features, max_fit_rows=self.max_points, seed=datamodule.seed)
-        d = sel.diagnostics or {}
-        title = f"What {sel.sampler} selected · {data.name} · client domain '{data.client_domain}'"
-        footer = _footer(diag, datamodule)
-        fig = plots.projection_figure(
-            coords, data.pool.domains, data.domain_names, data.client_domain, sel.indices,
-            assignments=d.get("assignments"), scores=d.get("scores"), title=title, footer=footer,
-            explained=explained, max_points=self.max_points, seed=datamodule.seed,
-        )
-        projection = plots.save_figure_atomic(fig, out / plots.PROJECTION_PNG)
+        figures = {}
+        features = datamodule.pipeline.pool_features_at_hand()
+        if features is None:
+            log.info("SamplingDiagnostics: the pool's φ features are neither computed nor cached; no projection figure.")
+        else:
+            coords, explained = plots.pca_2d(features, max_fit_rows=self.max_points, seed=datamodule.seed)
+            d = sel.diagnostics or {}
+            fig = plots.projection_figure(
+                coords, data.pool.domains, data.domain_names, data.client_domain, sel.indices,
+                assignments=d.get("assignments"), scores=d.get("scores"),
+                title=f"What {sel.sampler} selected · {data.name} · client domain '{data.client_domain}'",
+                footer=_footer(diag, datamodule), explained=explained, max_points=self.max_points, seed=datamodule.seed,
+            )
+            figures["projection"] = str(plots.save_figure_atomic(fig, out / plots.PROJECTION_PNG))
         s = diag["scalars"]
         fig = plots.composition_figure(
             [r["proxy_count"] for r in diag["domains"]], [r["pool_count"] for r in diag["domains"]],
@@ -226,8 +231,8 @@ class SamplingDiagnostics(pl.Callback):
             title=f"Proxy set by domain · sampler={sel.sampler} · in-domain {_pct(s['in_domain_fraction'])}",
             footer=f"bytes down {s['bytes_down']:,} · bytes up {s['bytes_up']:,} · {s['n_selected']:,} selected",
         )
-        composition = plots.save_figure_atomic(fig, out / plots.COMPOSITION_PNG)
-        return {"projection": str(projection), "composition": str(composition)}
+        figures["composition"] = str(plots.save_figure_atomic(fig, out / plots.COMPOSITION_PNG))
+        return figures
 
     @staticmethod
     def _log_wandb(logger: WandbLogger, diag: dict, figures: dict, scalars: dict, step: int) -> None:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
+from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy
 
 #: a schema field's type -> what a user reads
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
@@ -54,23 +55,13 @@ def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:
 
 
 @dataclass
-class ClientSettings:
-    """`client.*`: how the client privatises its released scores."""
+class ClientBudget:
+    """`client.max_epsilon`: the ε budget for everything the client releases (its mechanism: `ScorePrivacy`)."""
 
-    mechanism: str = "gaussian"
-    epsilon: Optional[float] = 0.58
-    delta: float = 1e-5
     max_epsilon: Optional[float] = None
 
     def __post_init__(self):
-        _one_of("client.mechanism", self.mechanism, ("gaussian", "laplace"))
-        _number("client.epsilon", self.epsilon, low=0.0, low_open=True, optional=True)
-        _number("client.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
         _number("client.max_epsilon", self.max_epsilon, low=0.0, low_open=True, optional=True)
-        if self.epsilon is not None and self.mechanism == "gaussian":
-            from ecos_pl.protocol.privacy import gaussian_sigma
-
-            gaussian_sigma(self.epsilon, self.delta)  # an (ε, δ) no finite σ meets is refused now, not at scoring
 
 
 @dataclass
@@ -80,13 +71,14 @@ class RunSettings:
     seed: int = 1
     budget: int = 400
     n_centroids: int = 128
-    client: ClientSettings = field(default_factory=ClientSettings)
+    clients: int = 1
     results_file: Optional[str] = None
 
     def __post_init__(self):
         _whole("seed", self.seed, 0)
         _whole("budget", self.budget, 1)
         _whole("n_centroids", self.n_centroids, 1)
+        _whole("clients", self.clients, 1)
 
 
 @dataclass
@@ -94,15 +86,21 @@ class DataModuleSettings:
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
-    reuse_selection: bool = True
-    cache_features: bool = True
-    feature_dtype: str = "auto"
 
     def __post_init__(self):
         _whole("datamodule.batch_size", self.batch_size, 1)
         _whole("datamodule.eval_batch_size", self.eval_batch_size, 1)
         _whole("datamodule.num_workers", self.num_workers, 0)
-        _one_of("datamodule.feature_dtype", self.feature_dtype, ("auto", "float32", "float16"))
+
+
+@dataclass
+class PipelineSettings:
+    reuse_selection: bool = True
+    cache_features: bool = True
+    feature_dtype: str = "auto"
+
+    def __post_init__(self):
+        _one_of("datamodule.pipeline.feature_dtype", self.feature_dtype, ("auto", "float32", "float16"))
 
 
 @dataclass
@@ -144,40 +142,13 @@ class ScenarioSettings:
 
 
 @dataclass
-class SamplerSettings:
-    """The knobs of every sampler; each sampler's YAML sets only its own (absent ones keep these defaults)."""
+class OracleSettings:
+    """`sampler.oversample` of oracle_central (the clustering samplers' keys: `Clustering`, `Allocation`)."""
 
-    temperature: float = 1.0
-    send_radii: bool = False
-    radius_quantile: float = 0.9
-    niter: int = 25
     oversample: float = 1.0
 
     def __post_init__(self):
-        _number("sampler.temperature", self.temperature, low=0.0, low_open=True)
-        _number("sampler.radius_quantile", self.radius_quantile, low=0.0, high=1.0, low_open=True)
-        _whole("sampler.niter", self.niter, 1)
         _number("sampler.oversample", self.oversample, low=0.0, low_open=True)
-
-
-@dataclass
-class LabelSettings:
-    """`scenario.labels.*` of the client's k-NN labeller (annotators have none of them)."""
-
-    k: int = 10
-    sigma: Optional[float] = 2.0
-    threshold: Optional[float] = 0.5
-    delta: float = 1e-5
-    sampling_rate: float = 1.0
-    screen_sigma: Optional[float] = None
-
-    def __post_init__(self):
-        _number("scenario.labels.sampling_rate", self.sampling_rate, low=0.0, high=1.0, low_open=True)
-        _number("scenario.labels.screen_sigma", self.screen_sigma, low=0.0, low_open=True, optional=True)
-        _whole("scenario.labels.k", self.k, 1)
-        _number("scenario.labels.sigma", self.sigma, low=0.0, low_open=True, optional=True)
-        _number("scenario.labels.threshold", self.threshold, low=0.0, high=1.0, optional=True)
-        _number("scenario.labels.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -205,10 +176,15 @@ class DataSettings:
 #: where each schema reads from in the composed config ("" = the top level)
 SECTIONS: tuple[tuple[str, type], ...] = (
     ("", RunSettings),
+    ("client", ScorePrivacy),
+    ("client", ClientBudget),
     ("datamodule", DataModuleSettings),
+    ("datamodule.pipeline", PipelineSettings),
     ("scenario", ScenarioSettings),
-    ("sampler", SamplerSettings),
-    ("scenario.labels", LabelSettings),
+    ("sampler", Clustering),
+    ("sampler", Allocation),
+    ("sampler", OracleSettings),
+    ("scenario.labels", Labelling),
     ("data", DataSettings),
 )
 
@@ -248,7 +224,8 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
             continue
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(values))
-            checked[prefix or "run"] = OmegaConf.to_object(merged)
+            key = prefix or "run"
+            checked[key if key not in checked else f"{key}:{schema.__name__}"] = OmegaConf.to_object(merged)
         except ValidationError as err:
             raise ECOSInputError(_sentence(err, prefix)) from None
     _check_trainer(cfg)

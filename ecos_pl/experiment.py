@@ -22,12 +22,6 @@ from ecos_pl.scenarios import build_module
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = (
-    "scenario", "sampler", "data", "seed", "budget", "n_centroids", "n_selected", "client_test_acc",
-    "teacher_test_acc", "in_domain_fraction", "bytes_down", "bytes_up", "epsilon", "timings",
-)
-
-
 def _instantiate_group(node) -> list:
     """Every entry of a config group that has a `_target_` (callbacks: {name: {...}}, or a single logger)."""
     if not node:
@@ -181,18 +175,17 @@ def _run(cfg: DictConfig) -> dict:
     data = datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
     sampler = datamodule.sampler
     check_against_data(cfg, len(data.pool), uses_budget=sampler.uses_budget, uses_centroids=hasattr(sampler, "n_centroids"))
-    datamodule.check_privacy_budget()  # before the teacher trains and before the client releases anything
+    datamodule.pipeline.check_privacy_budget()  # before the teacher trains and before the client releases anything
     make_trainer = make_trainer_factory(cfg)
     module, extra = build_module(cfg, datamodule, make_trainer)
 
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _trainer_callbacks(cfg, loggers)
     _label_bars(callbacks, f"{cfg.scenario.name}: {cfg.backbone.student}", f"φ of {len(data.pool):,} pool images")
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    steps = training_steps(cfg, trainer.world_size)
-    if steps is not None:  # equal compute for every sampler, whatever the size of its training set
-        trainer.fit_loop.max_epochs = -1
-        trainer.fit_loop.epoch_loop.max_steps = steps
+    # equal compute for every sampler, whatever the size of its training set: a step budget instead of epochs
+    steps = training_steps(cfg, _world_size(cfg))
+    limits = {} if steps is None else {"max_steps": steps, "max_epochs": -1}
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **limits)
     # the pool's φ features, extracted on every device of this trainer (DDP: the processes start here, once)
     # and cached on disk; setup(), inside fit, opens them. Nothing runs when they are cached or not needed.
     datamodule.predict_pool_features(trainer)
@@ -209,35 +202,17 @@ def _run(cfg: DictConfig) -> dict:
         "sampler": datamodule.selection.sampler,
         "data": cfg.data.name,
         "seed": int(cfg.seed),
-        "budget": int(cfg.budget) if datamodule.sampler.uses_budget else None,
-        "n_centroids": report["n_centroids"],
-        "n_selected": report["n_selected"],
+        "budget": int(cfg.budget) if sampler.uses_budget else None,
         "client_test_acc": float(tested[0]["test/acc"]),
-        "teacher_test_acc": extra.get("teacher_test_acc"),
-        "in_domain_fraction": report["in_domain_fraction"],
-        "bytes_down": report["bytes_down"],
-        "bytes_up": report["bytes_up"],
-        "epsilon": report["epsilon"],
-        "score_privacy": report.get("score_privacy"),
-        "timings": {**report["timings"], "train": train_seconds},
+        "teacher_test_acc": extra.pop("teacher_test_acc", None),
         "train_steps": int(trainer.global_step),
         "n_trained": report.get("n_trained", report["n_selected"]),
-        **{k: _finite_or_none(report[k]) for k in LABEL_KEYS if k in report},
-        "client_score_macs": report["client_score_macs"],
-        "pool_in_domain_fraction": report["pool_in_domain_fraction"],
-        "composition_by_domain": report["composition_by_domain"],
-        "proxy_set_sha1": report["proxy_set_sha1"],
-        "proxy_set_sha1_per_rank": report["proxy_set_sha1_per_rank"],
         "world_size": trainer.world_size,
-        "selection_reused": report["selection_reused"],
-        "selection_artifact": report["selection_artifact"],
-        "feature_cache": report.get("feature_cache"),
-        # written by callbacks.SamplingDiagnostics when it is configured
-        **{k: report[k] for k in ("figures", "diagnostics_files", "composition_by_class", "score_concentration") if k in report},
-        "n_pool": report["n_pool"],
-        "n_client_train": report["n_client_train"],
-        "n_client_test": report["n_client_test"],
-        **{k: v for k, v in extra.items() if k != "teacher_test_acc"},
+        # the protocol's report and the labeller's fields, as they name them (nothing is dropped by a key list)
+        **{k: _finite_or_none(v) for k, v in report.items()},
+        "timings": {**report["timings"], "train": train_seconds},
+        **{k: v for c in callbacks for k, v in getattr(c, "outputs", {}).items()},  # callbacks.SamplingDiagnostics
+        **extra,
     }
     for logger in trainer.loggers:
         logger.log_hyperparams(loggable_config(cfg))
@@ -245,13 +220,11 @@ def _run(cfg: DictConfig) -> dict:
     return results
 
 
-#: what a scenario's labels add to the results (pseudo_label: the client's extra round; label_outsourcing: the annotators)
-LABEL_KEYS = (
-    "labels_bought", "labels_none", "pseudo_label_acc", "pseudo_label_out_of_class", "labels_dropped", "label_bytes_down",
-    "label_bytes_up", "label_seconds", "label_k", "label_sigma", "label_delta", "label_epsilon", "exchange_epsilon",
-    "label_sampling_rate", "label_screen_sigma", "label_mechanism",
-    "label_phi", "label_feature_dim",
-)
+def _world_size(cfg: DictConfig) -> int:
+    """The processes the configured trainer runs (a trainer built only to ask, before the real one gets its step budget)."""
+    probe = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                                    enable_progress_bar=False)
+    return probe.world_size
 
 
 def _finite_or_none(v):

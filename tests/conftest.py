@@ -1,3 +1,4 @@
+import ecos_pl.conf_store  # noqa: F401 - the protocol settings nodes (protocol/*) Hydra composes from
 import numpy as np
 import pytest
 

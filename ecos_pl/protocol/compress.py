@@ -12,6 +12,7 @@ from ecos_pl.protocol import kernels
 from ecos_pl.protocol.errors import check_count
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage
+from ecos_pl.protocol.settings import Clustering
 
 
 @dataclass
@@ -93,10 +94,10 @@ def compress(
     n_centroids: int,
     *,
     seed: int = 0,
-    niter: int = 25,
-    send_radii: bool = False,
-    radius_quantile: float = 0.9,
-    max_points_per_centroid: int = 256,
+    niter: int = Clustering.niter,
+    send_radii: bool = Clustering.send_radii,
+    radius_quantile: float = Clustering.radius_quantile,
+    max_points_per_centroid: int = Clustering.max_points_per_centroid,
     use_gpu: bool | None = None,
     verbose: bool = False,
 ) -> tuple[CentroidsMessage, PoolClusters]:

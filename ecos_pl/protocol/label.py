@@ -55,6 +55,44 @@ def _checked(client_features, client_labels, query_features, k, num_classes):
     return client, query, labels, k
 
 
+def content_keys(rows: np.ndarray) -> np.ndarray:
+    """uint64 [n]: one key per client sample from its bytes (pixels or features), the same in any order or process."""
+    import hashlib
+
+    rows = np.ascontiguousarray(rows).reshape(len(rows), -1)
+    return np.frombuffer(b"".join(hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows), dtype="<u8").copy()
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class KeyedSubsamples:
+    """Seeded Poisson subsamples in which sample i's membership of query b depends on (seed, b, key_i) only.
+
+    So the same seed gives the same subsamples whatever the order in which the client holds
+    its samples (train.py's split, the program's sorted file list) — the two give the same
+    labels. Reproducible runs only: whoever knows the seed knows the subsamples; without a
+    seed, `PseudoLabeller` draws them from the OS's CSPRNG instead.
+    """
+
+    def __init__(self, seed: int, keys: np.ndarray):
+        self.seed, self.keys = int(seed), np.asarray(keys, dtype=np.uint64)
+
+    def masks(self, lo: int, hi: int, rate: float) -> np.ndarray:
+        """bool [hi - lo, n]: queries lo..hi-1."""
+        with np.errstate(over="ignore"):
+            base = _mix64(np.uint64(self.seed & (2**64 - 1)) ^ np.uint64(0x5AB5_5AB5_0000_0000))
+            queries = _mix64(base + np.arange(lo, hi, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            bits = _mix64(queries[:, None] ^ self.keys[None, :])
+        return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53 < rate
+
+
 def subsample_masks(n_queries: int, n_client: int, rate: float, rng) -> np.ndarray:
     """bool [B, n]: query b's Poisson subsample (each client sample kept with probability `rate`), data-independent.
 
@@ -70,8 +108,8 @@ def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_feat
     """[B, num_classes] vote histograms: the classes of each query's k nearest client samples in its subsample.
 
     Query b's subsample is row b of `subsample_masks(B, n, sampling_rate, rng)`, drawn chunk by chunk
-    (the same stream), so memory stays [QUERY_CHUNK, n]. A subsample with fewer than k members votes
-    with all it has.
+    (the same stream), so memory stays [QUERY_CHUNK, n]; or, with `rng` a `KeyedSubsamples`, keyed by
+    each sample's content. A subsample with fewer than k members votes with all it has.
     """
     client, query, labels, k = _checked(client_features, client_labels, query_features, k, num_classes)
     rate = check_rate(sampling_rate, "sampling_rate")
@@ -81,7 +119,9 @@ def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_feat
     for lo in range(0, query.shape[0], QUERY_CHUNK):
         sims = query[lo : lo + QUERY_CHUNK] @ client.T
         if rate < 1.0:
-            sims = np.where(subsample_masks(len(sims), client.shape[0], rate, rng), sims, -np.inf)
+            masks = (rng.masks(lo, lo + len(sims), rate) if isinstance(rng, KeyedSubsamples)
+                     else subsample_masks(len(sims), client.shape[0], rate, rng))
+            sims = np.where(masks, sims, -np.inf)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         valid = np.isfinite(np.take_along_axis(sims, top, axis=1))
         rows = np.broadcast_to(np.arange(lo, lo + len(sims))[:, None], top.shape)
@@ -147,8 +187,12 @@ class PseudoLabeller:
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, *, k: int = 10,
                  sigma: float | None = 2.0, threshold: float | None = 0.5, sampling_rate: float = 1.0,
-                 screen_sigma: float | None = None, seed: int | None = 0):
+                 screen_sigma: float | None = None, seed: int | None = 0, sample_keys: np.ndarray | None = None):
+        """`sample_keys` (`content_keys` of the client's images): seeded subsamples independent of the samples' order."""
         self._features = unit_rows(features, "client_features")
+        if sample_keys is not None and len(sample_keys) != len(self._features):
+            raise ECOSInputError(f"sample_keys holds {len(sample_keys)} keys for {len(self._features)} client samples.")
+        self._keys = sample_keys
         self._labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(num_classes)
         #: seed None: subsamples and noise from the OS's CSPRNG (a known seed would reveal both)
@@ -157,12 +201,21 @@ class PseudoLabeller:
         self.screen_sigma = screen_sigma
         self.seconds = 0.0
 
+    @classmethod
+    def from_settings(cls, features, labels, num_classes: int, settings, *, seed: int | None, sample_keys=None) -> "PseudoLabeller":
+        """The client's labeller for a `Labelling` settings object (what train.py and `ecos-client label` both build)."""
+        return cls(features, labels, num_classes, k=settings.k, sigma=settings.sigma, threshold=settings.threshold,
+                   sampling_rate=settings.sampling_rate, screen_sigma=settings.screen_sigma, seed=seed, sample_keys=sample_keys)
+
     def label(self, message: ProxyFeaturesMessage) -> LabelsMessage:
         start = time.perf_counter()
         seeded = self.seed is not None
         rng = NoiseSource([self.seed, 0x1ABE1] if seeded else None)
         # subsamples from their own stream: a query's answer depends on its subsample and its noise only
-        subsamples = NoiseSource([self.seed, 0x5AB5] if seeded else None)
+        if seeded and self._keys is not None:
+            subsamples = KeyedSubsamples(self.seed, self._keys)
+        else:
+            subsamples = NoiseSource([self.seed, 0x5AB5] if seeded else None)
         votes = knn_votes(self._features, self._labels, message.features, self.k, self.num_classes, self.sampling_rate, subsamples)
         labels = noisy_argmax(votes, self.sigma, self.threshold, self.k, rng, self.screen_sigma)
         self.seconds += time.perf_counter() - start

@@ -1,8 +1,10 @@
 """The two parties, Flower-style: a cloud strategy and a client that meet only through messages.
 
-Everything the client learns is a `CentroidsMessage`; everything the cloud learns
-is a `ScoresMessage`. Timings and the client's multiply-adds are kept on each
-side so a run can report what the protocol cost.
+Everything the client learns is a `CentroidsMessage` (and, in pseudo_label, a
+`ProxyFeaturesMessage`); everything the cloud learns is their answers. The client
+answers through `handle`, which is all an `Exchange` calls; the cloud never holds a
+client. Timings and the client's multiply-adds are kept on each side so a run can
+report what the protocol cost.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import numpy as np
 from ecos_pl.protocol.compress import PoolClusters, compress
 from ecos_pl.protocol.errors import ECOSInputError, check_epsilon
 from ecos_pl.protocol.features import unit_rows
-from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
+from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
 from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
+from ecos_pl.protocol.settings import Allocation, Clustering
 
 #: default per-client cap of a fleet selection (see `cap_client_scores`)
-CLIENT_CAP = 2.0
+CLIENT_CAP = Allocation().client_cap
 
 
 def cap_client_scores(scores: list[np.ndarray], cap: float | None = CLIENT_CAP) -> tuple[list[np.ndarray], list[float | None]]:
@@ -59,8 +62,10 @@ class ECOSClient:
     """Holds the private features; answers a centroids message with coverage scores and nothing else."""
 
     def __init__(self, features: np.ndarray, *, epsilon: float | None = None, mechanism: str = "gaussian",
-                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True):
+                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True, labeller=None):
         self._features = unit_rows(features, "client_features")
+        #: answers a `ProxyFeaturesMessage` (pseudo_label): a `PseudoLabeller`, or a callable building one on first use
+        self._labeller = labeller
         #: how the scores are privatised; `epsilon=None`: exact counts. `seed=None`: noise from the OS's CSPRNG
         self.privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta)
         self.epsilon = self.privacy.epsilon
@@ -87,33 +92,42 @@ class ECOSClient:
         """Privacy-violating reference only (`oracle_central`): hands over every client feature."""
         return self._features.copy()
 
+    @property
+    def labeller(self):
+        if callable(self._labeller) and not hasattr(self._labeller, "label"):
+            self._labeller = self._labeller()
+        return self._labeller
+
+    def handle(self, message):
+        """The one entry point of an `Exchange`: a message in, this client's answer out."""
+        from ecos_pl.protocol.exchange import FeaturesRequest, FeaturesUpload
+
+        if isinstance(message, CentroidsMessage):
+            return self.score(message)
+        if isinstance(message, ProxyFeaturesMessage):
+            if self._labeller is None:
+                raise ECOSInputError("this client holds no labelled data to label the proxy set with (labeller is None).")
+            return self.labeller.label(message)
+        if isinstance(message, FeaturesRequest):
+            return FeaturesUpload(self.upload_features())
+        raise ECOSInputError(f"a client cannot answer a {type(message).__name__}.")
+
 
 class ECOSCloud:
     """Holds the pool's features; compresses them, then turns the client's scores into a proxy set."""
 
-    def __init__(
-        self,
-        pool_features: np.ndarray,
-        n_centroids: int,
-        *,
-        seed: int = 0,
-        niter: int = 25,
-        send_radii: bool = False,
-        radius_quantile: float = 0.9,
-        temperature: float = 1.0,
-        max_points_per_centroid: int = 256,
-        client_cap: float | None = CLIENT_CAP,
-    ):
+    def __init__(self, pool_features: np.ndarray, clustering: Clustering | int = Clustering(),
+                 allocation: Allocation = Allocation(), *, seed: int = 0, **settings):
+        """`clustering` may be R alone, and `settings` the other fields of `Clustering`/`Allocation` by name."""
+        if not isinstance(clustering, Clustering):
+            clustering = Clustering.from_mapping({"n_centroids": clustering, **settings}, strict=False)
+        allocation = Allocation.from_mapping({**allocation.to_dict(), **settings}, strict=False)
+        unknown = set(settings) - set(clustering.to_dict()) - set(allocation.to_dict())
+        if unknown:
+            raise ECOSInputError(f"{sorted(unknown)[0]} is not a setting of the cloud's clustering or allocation.")
         self.pool_features = unit_rows(pool_features, "pool_features")
-        self.n_centroids = n_centroids
-        self.seed = seed
-        self.niter = niter
-        self.send_radii = send_radii
-        self.radius_quantile = radius_quantile
-        self.temperature = temperature
-        self.max_points_per_centroid = max_points_per_centroid
-        self.client_cap = client_cap
-        #: after `select`: each client's scale under `client_cap` (None: untouched), and the fleet's summed scores
+        self.clustering, self.allocation_settings, self.seed = clustering, allocation, seed
+        #: after `select`: each client's scale under the cap (None: untouched), and the fleet's summed scores
         self.client_scales: list[float | None] = []
         self.fleet_scores: np.ndarray | None = None
         self.clusters: PoolClusters | None = None
@@ -121,15 +135,7 @@ class ECOSCloud:
         self.allocation: np.ndarray | None = None
 
     def compress(self) -> CentroidsMessage:
-        self.message, self.clusters = compress(
-            self.pool_features,
-            self.n_centroids,
-            seed=self.seed,
-            niter=self.niter,
-            send_radii=self.send_radii,
-            radius_quantile=self.radius_quantile,
-            max_points_per_centroid=self.max_points_per_centroid,
-        )
+        self.message, self.clusters = compress(self.pool_features, seed=self.seed, **self.clustering.to_dict())
         return self.message
 
     def select(self, replies: ScoresMessage | list[ScoresMessage], budget: int) -> np.ndarray:
@@ -144,9 +150,10 @@ class ECOSCloud:
                 raise ECOSInputError(
                     f"scores has length {reply.n_centroids} but there are {self.message.n_centroids} centroids."
                 )
-        scores, self.client_scales = cap_client_scores([reply.scores for reply in replies], self.client_cap)
+        settings = self.allocation_settings
+        scores, self.client_scales = cap_client_scores([reply.scores for reply in replies], settings.client_cap)
         self.fleet_scores = np.sum(scores, axis=0)
         indices, self.allocation = select(
-            self.pool_features, self.clusters, self.fleet_scores, budget, temperature=self.temperature
+            self.pool_features, self.clusters, self.fleet_scores, budget, temperature=settings.temperature
         )
         return indices

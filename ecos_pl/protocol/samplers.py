@@ -1,8 +1,12 @@
-"""Every sampler answers one call, `sample(pool_features, client, budget, seed) -> Selection`.
+"""Every sampler answers one call, `sample(pool_features, exchange, budget, seed) -> Selection`.
 
-A sampler sees the client only through `ECOSClient`'s public methods, so what
-each one learns about the client is explicit: `ecos` its R scores, the baselines
-nothing, `oracle_central` (a privacy-violating reference) all its features.
+A sampler is the cloud's strategy: it never holds a client, it sends messages
+through an `Exchange` and aggregates the answers (`ecos_pl.protocol.exchange`), so
+what each one learns about the clients is explicit: `ecos` their R scores each, the
+baselines nothing, `oracle_central` (a privacy-violating reference) every feature.
+The same strategy runs in process (`InProcessExchange`) or between the programs
+(the messages as files). Passing clients instead of an exchange wraps them in an
+`InProcessExchange`.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import ClassVar
 import numpy as np
 
 from ecos_pl.protocol.compress import use_gpu_default
-from ecos_pl.protocol.errors import check_count
+from ecos_pl.protocol.errors import ECOSInputError, check_count
+from ecos_pl.protocol.exchange import Exchange, FeaturesRequest, as_exchange
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import ScoresMessage
-from ecos_pl.protocol.parties import ECOSClient, ECOSCloud
+from ecos_pl.protocol.parties import ECOSCloud
 from ecos_pl.protocol.select import kcenter_greedy
+from ecos_pl.protocol.settings import Allocation, Clustering
 
 
 @dataclass
@@ -50,85 +56,81 @@ class Sampler(ABC):
     trains_on_client: ClassVar[bool] = False
     #: the client hands over its features (oracle_central): no differential privacy at all
     releases_features: ClassVar[bool] = False
+    #: whether it sends the clients anything (the baselines learn nothing from them)
+    asks_clients: ClassVar[bool] = False
+
+    def sample(self, pool_features: np.ndarray, exchange, budget: int | None, seed: int) -> Selection:
+        """Indices into the pool; deterministic for a given seed. `exchange`: an `Exchange`, or clients in this process."""
+        return self._sample(pool_features, as_exchange(exchange), budget, seed)
 
     @abstractmethod
-    def sample(self, pool_features: np.ndarray, client: ECOSClient, budget: int | None, seed: int) -> Selection:
-        """Indices into the pool; must be deterministic for a given seed."""
+    def _sample(self, pool_features: np.ndarray, exchange: Exchange, budget: int | None, seed: int) -> Selection: ...
+
+    def settings(self) -> dict:
+        """What determines this sampler's selection besides data, budget and seed (its cache key)."""
+        return {}
 
     def check_budget(self, budget, pool_size: int) -> int:
         return check_count(budget, "budget", high=pool_size, high_name="the pool size")
 
 
 class ECOSSampler(Sampler):
-    """The protocol: compress, score on the client, select."""
+    """The protocol: compress, send the centroids, select from the clients' summed scores."""
 
     name = "ecos"
+    asks_clients = True
 
-    def __init__(
-        self,
-        n_centroids: int = 128,  # the app's defaults (conf/): ECOS.md's are R = 64, τ = 1; see README "Choices"
-        temperature: float = 0.5,
-        send_radii: bool = False,
-        radius_quantile: float = 0.9,
-        niter: int = 25,
-        max_points_per_centroid: int = 256,
-    ):
-        self.n_centroids = n_centroids
-        self.temperature = temperature
-        self.send_radii = send_radii
-        self.radius_quantile = radius_quantile
-        self.niter = niter
-        self.max_points_per_centroid = max_points_per_centroid
+    def __init__(self, clustering: Clustering | None = None, allocation: Allocation | None = None, **settings):
+        """Settings objects, or their fields by name (as the configs give them: `sampler.temperature`, ...)."""
+        self.clustering = clustering or Clustering.from_mapping(settings, strict=False)
+        self.allocation = allocation or Allocation.from_mapping(settings, strict=False)
+        unknown = set(settings) - set(Clustering().to_dict()) - set(Allocation().to_dict())
+        if unknown:
+            raise ECOSInputError(f"sampler.{sorted(unknown)[0]} is not a setting of sampler={self.name}.")
 
-    def _cloud(self, pool_features, seed) -> ECOSCloud:
-        return ECOSCloud(
-            pool_features,
-            self.n_centroids,
-            seed=seed,
-            niter=self.niter,
-            send_radii=self.send_radii,
-            radius_quantile=self.radius_quantile,
-            temperature=self.temperature,
-            max_points_per_centroid=self.max_points_per_centroid,
-        )
+    @property
+    def n_centroids(self) -> int:
+        return self.clustering.n_centroids
 
-    def sample(self, pool_features, client, budget, seed):
+    def settings(self) -> dict:
+        return {"clustering": self.clustering.to_dict(), "allocation": self.allocation.to_dict()}
+
+    def cloud(self, pool_features, seed) -> ECOSCloud:
+        """The cloud's side of the round, before anything is sent (the programs save it between their steps)."""
+        return ECOSCloud(pool_features, self.clustering, self.allocation, seed=seed)
+
+    def _sample(self, pool_features, exchange, budget, seed):
         pool_features = unit_rows(pool_features, "pool_features")  # ECOSCloud then takes it as is, no second copy
         budget = self.check_budget(budget, len(pool_features))
-        cloud = self._cloud(pool_features, seed)
+        cloud = self.cloud(pool_features, seed)
         t0 = time.perf_counter()
         down = cloud.compress()
         t1 = time.perf_counter()
-        seconds_before, macs_before = client.score_seconds, client.score_macs
-        up = self._scores(client, down)
+        since = len(exchange.rounds)
+        replies = exchange.send_and_receive(down) if self.asks_clients else [ScoresMessage(np.ones(down.n_centroids, dtype=np.float32))]
         t2 = time.perf_counter()
-        indices = cloud.select(up, budget)
+        indices = cloud.select(replies, budget)
         t3 = time.perf_counter()
-        asked = self.asks_client
+        cost = exchange.cost(since)
         diagnostics = {
             "allocation": cloud.allocation.copy(),
             "cluster_sizes": cloud.clusters.sizes.copy(),
             "assignments": cloud.clusters.assignments.copy(),
         }
-        if asked:
-            diagnostics["scores"] = up.scores.copy()
+        if self.asks_clients:
+            diagnostics["scores"] = cloud.fleet_scores.astype(np.float32)
+        epsilons = {reply.epsilon for reply in replies}
         return Selection(
             indices=indices,
             sampler=self.name,
-            bytes_down=down.nbytes if asked else 0,
-            bytes_up=up.nbytes if asked else 0,
-            timings={"compress": t1 - t0, "score": client.score_seconds - seconds_before, "select": t3 - t2},
-            client_macs=client.score_macs - macs_before,
+            bytes_down=cost.bytes_down,
+            bytes_up=cost.bytes_up,
+            timings={"compress": t1 - t0, "score": cost.client_seconds if self.asks_clients else 0.0, "select": t3 - t2},
+            client_macs=cost.client_macs,
             n_centroids=down.n_centroids,
-            epsilon=up.epsilon,
+            epsilon=epsilons.pop() if self.asks_clients and len(epsilons) == 1 else None,
             diagnostics=diagnostics,
         )
-
-    #: whether the centroids go down and the client's scores come back
-    asks_client: ClassVar[bool] = True
-
-    def _scores(self, client: ECOSClient, message) -> ScoresMessage:
-        return client.score(message)
 
 
 class RandomSampler(Sampler):
@@ -136,7 +138,7 @@ class RandomSampler(Sampler):
 
     name = "random"
 
-    def sample(self, pool_features, client, budget, seed):
+    def _sample(self, pool_features, exchange, budget, seed):
         n = len(pool_features)
         budget = self.check_budget(budget, n)
         t0 = time.perf_counter()
@@ -150,7 +152,7 @@ class FullSampler(Sampler):
     name = "full"
     uses_budget = False
 
-    def sample(self, pool_features, client, budget, seed):
+    def _sample(self, pool_features, exchange, budget, seed):
         return Selection(indices=np.arange(len(pool_features), dtype=np.int64), sampler=self.name)
 
 
@@ -161,10 +163,7 @@ class UniformClusterSampler(ECOSSampler):
     """
 
     name = "uniform_cluster"
-    asks_client = False
-
-    def _scores(self, client, message):
-        return ScoresMessage(np.ones(message.n_centroids, dtype=np.float32))
+    asks_clients = False
 
 
 class KCenterSampler(Sampler):
@@ -172,7 +171,7 @@ class KCenterSampler(Sampler):
 
     name = "kcenter"
 
-    def sample(self, pool_features, client, budget, seed):
+    def _sample(self, pool_features, exchange, budget, seed):
         pool_features = unit_rows(pool_features, "pool_features")
         budget = self.check_budget(budget, len(pool_features))
         t0 = time.perf_counter()
@@ -192,17 +191,23 @@ class OracleCentralSampler(Sampler):
 
     name = "oracle_central"
     releases_features = True
+    asks_clients = True
 
     def __init__(self, oversample: float = 1.0):
         self.oversample = oversample
 
-    def sample(self, pool_features, client, budget, seed):
+    def settings(self) -> dict:
+        return {"oversample": self.oversample}
+
+    def _sample(self, pool_features, exchange, budget, seed):
         import faiss
 
         pool_features = unit_rows(pool_features, "pool_features")
         n = len(pool_features)
         budget = self.check_budget(budget, n)
-        uploaded = client.upload_features()
+        since = len(exchange.rounds)
+        uploaded = np.concatenate([u.features for u in exchange.send_and_receive(FeaturesRequest())])
+        cost = exchange.cost(since)
         t0 = time.perf_counter()
         index = faiss.IndexFlatL2(pool_features.shape[1])
         if use_gpu_default():
@@ -222,7 +227,7 @@ class OracleCentralSampler(Sampler):
         return Selection(
             indices=indices,
             sampler=self.name,
-            bytes_up=int(uploaded.nbytes),
+            bytes_up=cost.bytes_up,
             timings={"select": time.perf_counter() - t0},
         )
 
@@ -238,7 +243,7 @@ class ClientDataReference(Sampler):
     trains_on_client = True
     releases_features = True  # the cloud is handed the client's own data
 
-    def sample(self, pool_features, client, budget, seed):
+    def _sample(self, pool_features, exchange, budget, seed):
         return Selection(indices=np.zeros(0, dtype=np.int64), sampler=self.name)
 
 

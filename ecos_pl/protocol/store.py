@@ -22,7 +22,8 @@ from ecos_pl.protocol.samplers import Sampler, Selection
 
 #: bump when what a selection depends on changes, so stale artifacts are not reused.
 #: 2: artifacts carry a checksum (those of 1 have none, so they are not read)
-STORE_VERSION = 2
+#: 3: samplers keyed by their settings objects (`Sampler.settings`)
+STORE_VERSION = 3
 #: rows of an array hashed at a time
 HASH_ROWS = 4096
 
@@ -44,7 +45,7 @@ def selection_key(*parts) -> str:
 
 
 def sampler_spec(sampler: Sampler) -> dict:
-    return {"class": type(sampler).__qualname__, "params": {k: v for k, v in sorted(vars(sampler).items())}}
+    return {"class": type(sampler).__qualname__, "params": sampler.settings()}
 
 
 class DamagedSelection(ValueError):

@@ -1,21 +1,19 @@
-"""Scenarios: what the proxy set is used for. Each builds its LightningModule from the run's config."""
+"""Scenarios: what the proxy set is used for. `conf/scenario/<name>.yaml` names its class by `_target_`."""
 
 from __future__ import annotations
 
 from ecos_pl.scenarios.base import ProxyTrainingModule, SupervisedModule
-from ecos_pl.scenarios.compression import DistillationModule, build_compression
-from ecos_pl.scenarios.labelled import build_labelled
-
-#: scenario name -> builder; the labelled two share one builder and differ only in `scenario.labels`
-SCENARIOS = {"compression": build_compression, "pseudo_label": build_labelled, "label_outsourcing": build_labelled}
+from ecos_pl.scenarios.compression import Compression, DistillationModule
+from ecos_pl.scenarios.labelled import Labelled
+from ecos_pl.scenarios.scenario import Scenario, build_scenario
 
 
 def build_module(cfg, datamodule, make_trainer):
-    """(LightningModule, extra results) for `cfg.scenario.name`."""
-    name = cfg.scenario.name
-    if name not in SCENARIOS:
-        raise ValueError(f"scenario={name!r} is not one of: {', '.join(sorted(SCENARIOS))}.")
-    return SCENARIOS[name](cfg, datamodule, make_trainer)
+    """(LightningModule, extra results): the scenario's teacher first (an explicit step), then its module."""
+    scenario = build_scenario(cfg)
+    teacher, extra = scenario.teacher(cfg, datamodule, make_trainer)
+    return scenario.module(cfg, datamodule, teacher), extra
 
 
-__all__ = ["SCENARIOS", "DistillationModule", "ProxyTrainingModule", "SupervisedModule", "build_module"]
+__all__ = ["Compression", "DistillationModule", "Labelled", "ProxyTrainingModule", "Scenario", "SupervisedModule",
+           "build_module", "build_scenario"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -62,12 +60,6 @@ class ProxyTrainingModule(pl.LightningModule):
 
     def training_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
-
-    def on_train_start(self) -> None:
-        # under a step budget (max_epochs=-1) show the real number of epochs in the progress bar
-        loop = self.trainer.fit_loop
-        if loop.max_epochs == -1 and loop.max_steps > 0 and self.trainer.num_training_batches:
-            loop.max_epochs = math.ceil(loop.max_steps / self.trainer.num_training_batches)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = pad_and_crop(batch["image"], self.hparams.augment_pad)

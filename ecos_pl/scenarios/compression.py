@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecos_pl.scenarios.base import ProxyTrainingModule
+from ecos_pl.scenarios.scenario import Scenario
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -49,33 +50,28 @@ class DistillationModule(ProxyTrainingModule):
         return distillation_loss(logits, teacher_logits, self.temperature)
 
 
-def build_compression(cfg, datamodule, make_trainer):
-    """The student (cfg.backbone.student) distilled from a teacher (cfg.backbone.teacher) obtained per cfg.scenario.teacher."""
-    from ecos_pl.scenarios.teacher import obtain_teacher
+class Compression(Scenario):
+    """The student (cfg.backbone.student) distilled from a teacher (cfg.backbone.teacher) obtained per `scenario.teacher`."""
 
-    sc = cfg.scenario
-    num_classes = datamodule.data.num_classes
-    teacher, info = obtain_teacher(
-        datamodule,
-        arch=cfg.backbone.teacher,
-        num_classes=num_classes,
-        source=sc.teacher.source,
-        checkpoint=sc.teacher.checkpoint,
-        epochs=sc.teacher.epochs,
-        lr=sc.teacher.lr,
-        seed=cfg.seed,
-        cache_dir=cfg.cache_dir,
-        make_trainer=make_trainer,
-        input_size=cfg.backbone.get("input_size"),
-    )
-    with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path
-        torch.manual_seed(cfg.seed)
-        module = DistillationModule(
-            teacher, temperature=sc.temperature, arch=cfg.backbone.student, num_classes=num_classes, lr=sc.lr,
-            pretrained=cfg.backbone.get("pretrained", False), input_size=cfg.backbone.get("input_size"),
+    def teacher(self, cfg, datamodule, make_trainer):
+        from ecos_pl.scenarios.teacher import obtain_teacher
+
+        t, num_classes = cfg.scenario.teacher, datamodule.data.num_classes
+        teacher, info = obtain_teacher(
+            datamodule, arch=cfg.backbone.teacher, num_classes=num_classes, source=t.source, checkpoint=t.checkpoint,
+            epochs=t.epochs, lr=t.lr, seed=cfg.seed, cache_dir=cfg.cache_dir, make_trainer=make_trainer,
+            input_size=cfg.backbone.get("input_size"),
         )
-    teacher_acc = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
-    return module, {"teacher_test_acc": teacher_acc, "teacher_origin": info["origin"], "teacher_path": info["path"]}
+        accuracy = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
+        return teacher, {"teacher_test_acc": accuracy, "teacher_origin": info["origin"], "teacher_path": info["path"]}
+
+    def module(self, cfg, datamodule, teacher):
+        with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path
+            torch.manual_seed(cfg.seed)
+            return DistillationModule(
+                teacher, temperature=cfg.scenario.temperature, arch=cfg.backbone.student, num_classes=datamodule.data.num_classes,
+                lr=cfg.scenario.lr, pretrained=cfg.backbone.get("pretrained", False), input_size=cfg.backbone.get("input_size"),
+            )
 
 
 @torch.inference_mode()

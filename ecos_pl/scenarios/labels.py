@@ -17,19 +17,19 @@ import numpy as np
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit
 from ecos_pl.phi import FeatureExtractor
-from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
+from ecos_pl.protocol.exchange import Exchange
+from ecos_pl.protocol.label import PseudoLabeller, content_keys, label_epsilon
 from ecos_pl.protocol.messages import ProxyFeaturesMessage
+from ecos_pl.protocol.settings import Labelling
 
 
 @dataclass
 class LabelRequest:
-    """What a labeller may look at. Features are computed lazily: annotators never need them."""
+    """What a labeller may look at. The proxy set's features are computed lazily: annotators never need them."""
 
     proxy: DomainSplit  # the proxy set (its `labels` are the pool's ground truth: simulation only)
-    proxy_features: Callable[[], np.ndarray]
-    client_features: Callable[[], np.ndarray]
-    client_labels: np.ndarray
-    num_classes: int
+    proxy_features: Callable[[], np.ndarray]  # in the labelling φ, which both sides know
+    exchange: Exchange  # the clients, reached only through messages
     seed: int
     #: what the selection already released about the client (`ScoreMechanism`s; none for samplers that ask nothing)
     score_releases: list
@@ -42,7 +42,7 @@ class ProxyLabels(ABC):
 
     @abstractmethod
     def assign(self, request: LabelRequest) -> tuple[np.ndarray, dict]:
-        """(targets [len(proxy)], with -1 = not trained on; results to report)."""
+        """(targets [len(proxy)], with -1 = not trained on; results to report, each key named with the labeller's prefix)."""
 
 
 class AnnotatorLabels(ProxyLabels):
@@ -57,6 +57,16 @@ class AnnotatorLabels(ProxyLabels):
         return targets, {"labels_bought": int(len(targets)), "labels_none": int(none.sum())}
 
 
+def majority(answers: list[np.ndarray]) -> np.ndarray:
+    """Per proxy sample, the label most clients gave (ties: the smallest); -1 where every client abstained."""
+    if len(answers) == 1:
+        return answers[0]
+    stacked = np.stack(answers)
+    n_classes = int(stacked.max()) + 1 if (stacked >= 0).any() else 1
+    counts = np.stack([(stacked == c).sum(axis=0) for c in range(n_classes)], axis=1)
+    return np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), -1).astype(np.int64)
+
+
 class ClientKNNLabels(ProxyLabels):
     """The client labels the proxy set by Private-kNN (`ecos_pl.protocol.label`): a fresh subsample per query.
 
@@ -65,20 +75,34 @@ class ClientKNNLabels(ProxyLabels):
     the cloud on the pool) keeps the strokes instead. Either way both sides know it
     and the cloud sends the proxy set's features in it. The ε of the whole exchange
     is checked against the client's budget before a single label is released.
+    Settings: `Labelling`'s fields by name (`scenario.labels.sigma`, ...).
     """
 
     name = "client_knn"
 
-    def __init__(self, k: int = 40, sigma: float | None = 4.0, threshold: float | None = 0.3, delta: float = 1e-5,
-                 phi: FeatureExtractor | None = None, sampling_rate: float = 0.2, screen_sigma: float | None = None):
-        self.k, self.sigma, self.threshold, self.delta, self.phi = k, sigma, threshold, delta, phi
-        self.sampling_rate, self.screen_sigma = sampling_rate, screen_sigma
+    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, **fields):
+        self.phi = phi
+        self.settings = settings or Labelling.from_mapping(fields)
+        self._fitted = False
+
+    def fitted_phi(self, pool_images: np.ndarray) -> FeatureExtractor:
+        """The labelling φ, fitted by the cloud on its pool once (the client receives it fitted)."""
+        if not self._fitted:
+            self.phi.fit(pool_images)
+            self._fitted = True
+        return self.phi
 
     def epsilons(self, n_queries: int, score_releases: list) -> tuple[float, float]:
         """(ε of the labels alone, ε of the whole exchange), both at `delta`."""
-        kw = {"sampling_rate": self.sampling_rate, "screen_sigma": self.screen_sigma}
-        return (label_epsilon(self.sigma, n_queries, self.delta, **kw),
-                label_epsilon(self.sigma, n_queries, self.delta, score_releases, **kw))
+        s = self.settings
+        return (label_epsilon(s.sigma, n_queries, s.delta, **s.accounting),
+                label_epsilon(s.sigma, n_queries, s.delta, score_releases, **s.accounting))
+
+    def client_labeller(self, split: DomainSplit, data, *, seed: int, protocol_phi: FeatureExtractor) -> PseudoLabeller:
+        """The client's side: its labelled images in the labelling φ (keyed by their pixels, so order does not matter)."""
+        phi = protocol_phi if self.phi is None else self.fitted_phi(data.pool.images)
+        return PseudoLabeller.from_settings(phi.transform(split.images), split.labels, data.num_classes, self.settings,
+                                            seed=seed, sample_keys=content_keys(split.images))
 
     def assign(self, request):
         from ecos_pl.protocol.privacy import check_budget
@@ -87,30 +111,30 @@ class ClientKNNLabels(ProxyLabels):
         eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
         check_budget(eps_exchange, request.max_epsilon, f"labelling {n_queries} proxy samples after the scores")
         down = ProxyFeaturesMessage(request.proxy_features())
-        client = PseudoLabeller(
-            request.client_features(), request.client_labels, request.num_classes, k=self.k, sigma=self.sigma,
-            threshold=self.threshold, sampling_rate=self.sampling_rate, screen_sigma=self.screen_sigma, seed=request.seed,
-        )
-        up = client.label(down)
-        targets = up.labels.astype(np.int64)
+        since = len(request.exchange.rounds)
+        answers = request.exchange.send_and_receive(down)
+        cost = request.exchange.cost(since)
+        targets = majority([a.labels.astype(np.int64) for a in answers])
         kept = targets >= 0
         truth = np.asarray(request.proxy.labels)
         in_class = kept & (truth != NONE_LABEL)
+        s = self.settings
         return targets, {
             "pseudo_label_acc": float(np.mean(targets[in_class] == truth[in_class])) if in_class.any() else None,
             "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()),
             "labels_dropped": int((~kept).sum()),
-            "label_bytes_down": down.nbytes,
-            "label_bytes_up": up.nbytes,
-            "label_seconds": client.seconds,
-            "label_sigma": self.sigma,
-            "label_k": self.k,
-            "label_sampling_rate": self.sampling_rate,
-            "label_screen_sigma": self.screen_sigma,
-            "label_mechanism": "private_knn" if self.sigma else "none",
+            "label_bytes_down": cost.bytes_down,
+            "label_bytes_up": cost.bytes_up,
+            "label_seconds": cost.client_seconds,
+            "label_sigma": s.sigma,
+            "label_k": s.k,
+            "label_threshold": s.threshold,
+            "label_sampling_rate": s.sampling_rate,
+            "label_screen_sigma": s.screen_sigma,
+            "label_mechanism": "private_knn" if s.sigma else "none",
             "label_phi": "protocol" if self.phi is None else self.phi.name,
             "label_feature_dim": down.dim,
-            "label_delta": self.delta,
+            "label_delta": s.delta,
             # ε at δ of the labels, and of the whole exchange: B subsampled answers composed with the scores' release
             "label_epsilon": eps_labels,
             "exchange_epsilon": eps_exchange,

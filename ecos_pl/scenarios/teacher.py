@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
+import numpy as np
 import torch
 from pytorch_lightning.callbacks import Timer
 from torch import nn
@@ -151,7 +152,9 @@ def obtain_teacher(
     with torch.random.fork_rng(devices=[]):
         pl.seed_everything(seed, workers=True, verbose=False)
         module = SupervisedModule(arch=arch, num_classes=num_classes, lr=lr, input_size=input_size)
-        loader = datamodule.client_train_dataloader() if source == "client" else datamodule.pool_dataloader()
+        data = datamodule.data
+        split = data.client_train if source == "client" else data.pool.subset(np.flatnonzero(data.pool.labels >= 0))
+        loader = datamodule.loader(split, train=True)
         trainer.fit(module, train_dataloaders=loader)
     if cacheable:
         save_classifier(module.model, path, meta=spec)

@@ -1,0 +1,115 @@
+"""The boundary between the cloud's strategy and the clients: one message down, every client's answer up.
+
+As in Flower (a `Strategy` never calls a client; `grid.send_and_receive` does), a
+sampler or the label round only ever calls `exchange.send_and_receive(message)`:
+
+    CentroidsMessage      -> [ScoresMessage, ...]   (ECOS's one round)
+    ProxyFeaturesMessage  -> [LabelsMessage, ...]   (pseudo_label's label round)
+    FeaturesRequest       -> [FeaturesUpload, ...]  (oracle_central: the privacy-violating upload, counted)
+
+`InProcessExchange` hands the message to `ECOSClient`s in this process (`train.py`,
+the benchmarks); the programs carry the same messages as files. Each round's bytes
+(down: one message per client; up: every answer) and the clients' time and
+multiply-adds are recorded in `rounds`, so what a protocol cost is measured where
+it is spent, not reconstructed by the strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecos_pl.protocol.errors import ECOSInputError
+
+
+@dataclass(frozen=True)
+class FeaturesRequest:
+    """oracle_central's request for every client feature: no privacy at all (a reference, never a deployment)."""
+
+    nbytes: int = 0
+
+
+@dataclass(frozen=True)
+class FeaturesUpload:
+    features: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+
+@dataclass
+class Round:
+    """What one `send_and_receive` cost."""
+
+    kind: str
+    n_clients: int
+    bytes_down: int  # per client: each receives the message once
+    bytes_up: int  # all answers together
+    client_seconds: float = 0.0
+    client_macs: int = 0
+
+
+class Exchange(ABC):
+    """Carries one message to every client and returns their answers, in client order."""
+
+    def __init__(self) -> None:
+        self.rounds: list[Round] = []
+
+    @property
+    @abstractmethod
+    def n_clients(self) -> int: ...
+
+    @abstractmethod
+    def _deliver(self, message) -> tuple[list, float, int]:
+        """(answers, clients' seconds, clients' multiply-adds)."""
+
+    def send_and_receive(self, message) -> list:
+        answers, seconds, macs = self._deliver(message)
+        if len(answers) != self.n_clients:
+            raise ECOSInputError(f"the exchange returned {len(answers)} answers for {self.n_clients} clients.")
+        self.rounds.append(Round(type(message).__name__, self.n_clients, int(message.nbytes),
+                                 int(sum(a.nbytes for a in answers)), float(seconds), int(macs)))
+        return answers
+
+    def cost(self, since: int = 0) -> Round:
+        """The rounds from `since` on, summed (what a sampler reports)."""
+        rounds = self.rounds[since:]
+        return Round("+".join(r.kind for r in rounds), self.n_clients, sum(r.bytes_down for r in rounds),
+                     sum(r.bytes_up for r in rounds), sum(r.client_seconds for r in rounds), sum(r.client_macs for r in rounds))
+
+
+@dataclass
+class InProcessExchange(Exchange):
+    """Clients in this process (`ECOSClient`s): each message is handed to each client's `handle`."""
+
+    clients: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        if not self.clients:
+            raise ECOSInputError("clients is empty; an exchange needs at least one client.")
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.clients)
+
+    def _deliver(self, message):
+        answers, seconds, macs = [], 0.0, 0
+        for client in self.clients:
+            before = getattr(client, "score_macs", 0)
+            start = time.perf_counter()
+            answers.append(client.handle(message))
+            seconds += time.perf_counter() - start
+            macs += getattr(client, "score_macs", 0) - before
+        return answers, seconds, macs
+
+
+def as_exchange(target) -> Exchange:
+    """An `Exchange` as is; one client or a list of clients in this process, wrapped in an `InProcessExchange`."""
+    if isinstance(target, Exchange):
+        return target
+    return InProcessExchange(list(target) if isinstance(target, (list, tuple)) else [target])
