@@ -36,8 +36,8 @@ uv run ecos-cloud split-folders --root $TREE --client-domain $CLIENT --seed 1 --
 # 1. cloud (terminal 1): φ of every pool image, R k-means centroids
 uv run ecos-cloud compress --pool $TREE --pool-list pool.txt --centroids $R --seed 1 --out-dir cloud
 
-# hand-over, cloud -> client: the centroids and φ
-mkdir -p client/inbox && cp cloud/centroids.ecos cloud/phi.safetensors client/inbox/
+# hand-over, cloud -> client: the centroids, φ and (pseudo_label) the labelling φ
+mkdir -p client/inbox && cp cloud/centroids.ecos cloud/phi.safetensors cloud/label_phi.safetensors client/inbox/
 
 # 2. client (terminal 2): R coverage scores of its own images (Gaussian noise, ε = 0.58, δ = 1e-5), nothing else
 #    simulation only: --seed 1 draws train.py's noise, for the check below; a real client leaves it out (OS randomness)
@@ -49,21 +49,21 @@ mkdir -p cloud/inbox && cp client/scores.ecos cloud/inbox/
 # 3. cloud: the proxy set (indices and file paths in proxy.json)
 uv run ecos-cloud select --state cloud --scores cloud/inbox/scores.ecos --budget $B --out cloud/proxy.json
 
-# pseudo_label only: the client labels the proxy set from φ of its samples
+# pseudo_label only: the client labels the proxy set (Private-kNN in the labelling φ, label_phi.safetensors next to the message)
 uv run ecos-cloud proxy-features --state cloud --proxy cloud/proxy.json --out cloud/proxy_features.ecos
 cp cloud/proxy_features.ecos client/inbox/
-uv run ecos-client label --proxy-features client/inbox/proxy_features.ecos --phi client/inbox/phi.safetensors --images client/images --scores client/scores.ecos --seed 1 --out client/labels.ecos
+uv run ecos-client label --proxy-features client/inbox/proxy_features.ecos --images client/images --scores client/scores.ecos --seed 1 --out client/labels.ecos
 cp client/labels.ecos cloud/inbox/
 uv run ecos-cloud labels --state cloud --proxy cloud/proxy.json --labels cloud/inbox/labels.ecos --out cloud/proxy_labels.json
 
-# check: train.py, in one process with the same seed and settings, selects the same proxy set
-uv run python train.py data=folders data.root=$TREE data.client_domain=$CLIENT seed=1 n_centroids=$R budget=$B results_file=inprocess.json
-uv run python -c "import json; a, b = (json.load(open(f)) for f in ('cloud/proxy.json', 'inprocess.json')); print('identical' if a['proxy_set_sha1'] == b['proxy_set_sha1'] else 'DIFFERENT')"
+# check: train.py, in one process with the same seed and settings, selects the same proxy set and gives the same pseudo-labels
+uv run python train.py scenario=pseudo_label data=folders data.root=$TREE data.client_domain=$CLIENT seed=1 n_centroids=$R budget=$B results_file=inprocess.json
+uv run python -c "import json; a, b, c = (json.load(open(f)) for f in ('cloud/proxy.json', 'cloud/proxy_labels.json', 'inprocess.json')); print('identical' if (a['proxy_set_sha1'], b['proxy_targets_sha1']) == (c['proxy_set_sha1'], c['proxy_targets_sha1']) else 'DIFFERENT')"
 """
 
 #: training settings for the train.py line (tests/test_train.py's); they change nothing before training starts
 TINY_TRAINING = [
-    "scenario.epochs=1", "scenario.teacher.epochs=1", "backbone.teacher=test_resnet", "backbone.student=test_resnet",
+    "scenario.epochs=1", "backbone.student=test_resnet",
     "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "callbacks=none",
 ]
 
@@ -154,6 +154,9 @@ def test_walkthrough_two_parties_same_proxy_set_as_train_py(tmp_path, monkeypatc
     # the pseudo_label round went through and was checked
     labels = json.loads((work / "cloud/proxy_labels.json").read_text())
     assert labels["indices"] == proxy["indices"] and len(labels["labels"]) == proxy["n_selected"]
+    # ... in the labelling φ, and gave train.py's pseudo-labels (HOG, seeded subsamples keyed by each image's pixels)
+    assert inprocess["label_phi"] == "hog" and labels["proxy_targets_sha1"] == inprocess["proxy_targets_sha1"]
+    assert labels["n_labelled"] == inprocess["n_trained"] and labels["epsilon_exchange"] == inprocess["exchange_epsilon"]
     # what the client sent: exactly two message files
     sent = sorted(p.name for p in (work / "cloud/inbox").iterdir())
     assert sent == ["labels.ecos", "scores.ecos"]

@@ -50,21 +50,23 @@ from ecos_pl.protocol.messages import (
 )
 from ecos_pl.protocol.parties import ECOSClient
 from ecos_pl.protocol.score import check_centroids
+from ecos_pl.protocol.settings import Labelling, ScorePrivacy
 
 PROG = "ecos-client"
 PHI_FILE = "phi.safetensors"
-#: pseudo_label defaults: conf/scenario/pseudo_label.yaml
-LABEL_DEFAULTS = {"k": 40, "sigma": 4.0, "threshold": 0.3, "delta": 1e-5, "sampling_rate": 0.2, "screen_sigma": None}
-#: the scores' privacy: conf/train.yaml `client`
-SCORE_DEFAULTS = {"mechanism": "gaussian", "epsilon": 0.58, "delta": 1e-5}
+#: the labelling φ the cloud sends with the proxy features (pseudo_label; train.py's scenario.labels.phi)
+LABEL_PHI_FILE = "label_phi.safetensors"
+#: the defaults are train.py's: one settings object per protocol part (`ecos_pl.protocol.settings`)
+LABELLING, SCORE_PRIVACY = Labelling(), ScorePrivacy()
 
 
-def _client_phi(args, message, message_flag: str):
-    """φ for --images: --phi, else phi.safetensors next to the message; checked against the message's φ tag."""
+def _client_phi(args, message, message_flag: str, default_names: tuple[str, ...] = (PHI_FILE,)):
+    """φ for --images: --phi, else the first of `default_names` next to the message; checked against the message's φ tag."""
     explicit = args.phi is not None
-    path = Path(args.phi) if explicit else Path(getattr(args, message_flag.lstrip("-").replace("-", "_"))).expanduser().parent / PHI_FILE
+    folder = Path(getattr(args, message_flag.lstrip("-").replace("-", "_"))).expanduser().parent
+    path = Path(args.phi) if explicit else next((folder / n for n in default_names if (folder / n).is_file()), folder / default_names[-1])
     if not explicit and not path.is_file():
-        raise ECOSInputError(f"--images needs φ: pass --phi FILE (the cloud writes it as {PHI_FILE} next to centroids.ecos).")
+        raise ECOSInputError(f"--images needs φ: pass --phi FILE (the cloud writes it as {' or '.join(default_names)} next to {message_flag}'s file).")
     phi, image_size = load_phi(path, "--phi")
     if args.image_size is not None and args.image_size != image_size:
         raise ECOSInputError(f"--image-size {args.image_size} differs from the image size {image_size} that --phi {path} was saved with.")
@@ -82,15 +84,21 @@ def _client_phi(args, message, message_flag: str):
 
 
 def _client_features(args, message, message_flag: str, *, labelled: bool = False):
-    """(unit features [N, d], labels or None, class names or None) of the client's own data."""
+    """(unit features [N, d], labels or None, class names or None, content keys [N]) of the client's own data.
+
+    The keys (`content_keys` of each sample's pixels, or of its feature row) make seeded
+    Private-kNN subsamples independent of the order the files are listed in.
+    """
+    from ecos_pl.protocol.label import content_keys
+
     if args.features is not None:
         if args.phi is not None:
             raise ECOSInputError("--phi goes with --images; with --features the features are already computed.")
         x = read_features(args.features, "--features", dim=message.dim)
         if message.tag is not None:
             say(f"φ not checked: --features are taken as they are; they must come from the φ with tag {message.tag.hex()}.")
-        return x, None, None
-    phi, image_size = _client_phi(args, message, message_flag)
+        return x, None, None, content_keys(x)
+    phi, image_size = _client_phi(args, message, message_flag, (LABEL_PHI_FILE, PHI_FILE) if labelled else (PHI_FILE,))
     root = existing_dir(args.images, "--images")
     paths = list_images(root, "--images")
     if labelled:
@@ -104,11 +112,11 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
     say(f"φ: {type(phi).__name__} on {len(images):,} own images under {root}")
     x = unit_rows(phi.transform(images), f"--images {root} features", dim=message.dim)
     if not labelled:
-        return x, None, None
+        return x, None, None, None
     classes = [p.split("/", 1)[0] for p in paths]
     names = sorted(set(classes))
     index = {c: i for i, c in enumerate(names)}
-    return x, np.asarray([index[c] for c in classes], dtype=np.int64), names
+    return x, np.asarray([index[c] for c in classes], dtype=np.int64), names, content_keys(images)
 
 
 # --------------------------------------------------------------------------- score
@@ -116,7 +124,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
 
 def cmd_score(args) -> int:
     message, _ = read_message(args.centroids, CentroidsMessage, "--centroids", check_centroids)
-    features, _, _ = _client_features(args, message, "--centroids")
+    features, _, _, _ = _client_features(args, message, "--centroids")
     client = ECOSClient(features, epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, seed=args.seed,
                         use_radii=not args.ignore_radii)
     plain = client.score(message)
@@ -156,7 +164,7 @@ def cmd_label(args) -> int:
         mine, _ = read_message(args.scores, ScoresMessage, "--scores")
         # the file records ε; how it was privatised is this program's --mechanism/--delta (as when it was scored)
         score_release = ScoreMechanism.from_settings(mine.epsilon, args.mechanism, args.delta)
-    features, labels, names = _client_features(args, message, "--proxy-features", labelled=True)
+    features, labels, names, keys = _client_features(args, message, "--proxy-features", labelled=True)
     if labels is None:
         path = existing_file(args.labels, "--labels")
         try:
@@ -174,11 +182,12 @@ def cmd_label(args) -> int:
         num_classes = len(names)
     if args.k > len(features):
         raise ECOSInputError(f"--k {args.k} is larger than the number of labelled client samples ({len(features)}).")
-    accounting = {"sampling_rate": args.sampling_rate, "screen_sigma": args.screen_sigma}
-    eps = label_epsilon(args.sigma, message.n_samples, args.delta, **accounting)
-    total = None if score_release is None else label_epsilon(args.sigma, message.n_samples, args.delta, [score_release], **accounting)
+    settings = Labelling(k=args.k, sigma=args.sigma, sampling_rate=args.sampling_rate, threshold=args.threshold,
+                         screen_sigma=args.screen_sigma, delta=args.delta)
+    eps = label_epsilon(args.sigma, message.n_samples, args.delta, **settings.accounting)
+    total = None if score_release is None else label_epsilon(args.sigma, message.n_samples, args.delta, [score_release], **settings.accounting)
     check_budget(eps if total is None else total, args.max_epsilon, f"labelling {message.n_samples} proxy samples")
-    labeller = PseudoLabeller(features, labels, num_classes, k=args.k, sigma=args.sigma, threshold=args.threshold, seed=args.seed, **accounting)
+    labeller = PseudoLabeller.from_settings(features, labels, num_classes, settings, seed=args.seed, sample_keys=keys)
     plain = labeller.label(message)
     reply = LabelsMessage(plain.labels, plain.sigma, tag=answer_tag(message))
     data = reply.to_bytes()
@@ -213,7 +222,7 @@ def _add_own_data(p, *, labelled: bool) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="FOLDER", help="your images (every image under it)" + ("; <class>/<image>: the class folders are the labels" if labelled else ""))
     src.add_argument("--features", metavar="CLIENT.npy", help="your φ features, float [N, d], computed with the cloud's φ")
-    p.add_argument("--phi", metavar="FILE", help=f"φ file from the cloud (default: {PHI_FILE} next to the message file)")
+    p.add_argument("--phi", metavar="FILE", help=f"φ file from the cloud (default: next to the message file, {LABEL_PHI_FILE + ' or ' if labelled else ''}{PHI_FILE})")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="must equal the φ file's (default: the φ file's)")
 
 
@@ -233,10 +242,10 @@ def rate(name: str):
 
 
 def _add_score_privacy(p) -> None:
-    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_DEFAULTS["mechanism"], help="noise on the counts (default %(default)s)")
-    p.add_argument("--epsilon", type=positive_float("--epsilon", allow_none=True), default=SCORE_DEFAULTS["epsilon"],
+    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_PRIVACY.mechanism, help="noise on the counts (default %(default)s)")
+    p.add_argument("--epsilon", type=positive_float("--epsilon", allow_none=True), default=SCORE_PRIVACY.epsilon,
                    help="ε of the release (default %(default)s, the paper's); none: exact counts, no guarantee")
-    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=SCORE_DEFAULTS["delta"], help="δ of the Gaussian mechanism (default %(default)s)")
+    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=SCORE_PRIVACY.delta, help="δ of the Gaussian mechanism (default %(default)s)")
 
 
 def build_parser():
@@ -261,7 +270,9 @@ def build_parser():
     p = add_command(sub, "label", "pseudo_label: proxy_features.ecos + your labelled data -> labels.ecos (B labels up)",
                     "Label each proxy sample by the vote of its k nearest labelled samples of yours, with N(0, σ²) noise on the\n"
                     "vote histogram (Gaussian noisy max), abstaining (-1) when the noisy top vote is under threshold·k.\n"
-                    "Writes labels.ecos: 32 + 2·B bytes. Defaults are conf/scenario/pseudo_label.yaml's.",
+                    "The vote is taken in the labelling φ the cloud sent (label_phi.safetensors, HOG by default). With --seed the\n"
+                    "subsamples depend on each image's pixels, not on the order of the files: the labels are train.py's.\n"
+                    "Writes labels.ecos: 32 + 2·B bytes. Defaults are train.py's (ecos_pl.protocol.settings.Labelling).",
                     "examples:\n"
                     "  ecos-client label --proxy-features proxy_features.ecos --phi cloud/phi.safetensors --images client_images --out labels.ecos\n"
                     "  ecos-client label --proxy-features pf.ecos --features mine.npy --labels mine_labels.npy --sigma 4 --out labels.ecos")
@@ -269,15 +280,15 @@ def build_parser():
     _add_own_data(p, labelled=True)
     p.add_argument("--labels", metavar="LABELS.npy", help="with --features: one class index per row")
     p.add_argument("--num-classes", type=positive_int("--num-classes"), default=None, help="with --features (default: largest label + 1)")
-    p.add_argument("--k", type=positive_int("--k"), default=LABEL_DEFAULTS["k"], help="neighbours that vote (default %(default)s)")
-    p.add_argument("--sigma", type=positive_float("--sigma", allow_none=True), default=LABEL_DEFAULTS["sigma"], help="Gaussian noise on each vote histogram; none: exact votes, not private (default %(default)s)")
-    p.add_argument("--threshold", type=fraction("--threshold", allow_none=True), default=LABEL_DEFAULTS["threshold"], help="abstain under threshold·k noisy votes; none: never (default %(default)s)")
-    p.add_argument("--sampling-rate", type=rate("--sampling-rate"), default=LABEL_DEFAULTS["sampling_rate"],
+    p.add_argument("--k", type=positive_int("--k"), default=LABELLING.k, help="neighbours that vote (default %(default)s)")
+    p.add_argument("--sigma", type=positive_float("--sigma", allow_none=True), default=LABELLING.sigma, help="Gaussian noise on each vote histogram; none: exact votes, not private (default %(default)s)")
+    p.add_argument("--threshold", type=fraction("--threshold", allow_none=True), default=LABELLING.threshold, help="abstain under threshold·k noisy votes; none: never (default %(default)s)")
+    p.add_argument("--sampling-rate", type=rate("--sampling-rate"), default=LABELLING.sampling_rate,
                    help="γ: each query votes in a fresh subsample holding each of your samples with this probability (default %(default)s)")
-    p.add_argument("--screen-sigma", type=positive_float("--screen-sigma", allow_none=True), default=LABEL_DEFAULTS["screen_sigma"],
+    p.add_argument("--screen-sigma", type=positive_float("--screen-sigma", allow_none=True), default=LABELLING.screen_sigma,
                    help="screen on the top vote + N(0, σ₁²) instead of the answer's own noise (accounted; default: none)")
-    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_DEFAULTS["mechanism"], help="how --scores were privatised (default %(default)s)")
-    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABEL_DEFAULTS["delta"], help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--mechanism", choices=("gaussian", "laplace"), default=SCORE_PRIVACY.mechanism, help="how --scores were privatised (default %(default)s)")
+    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABELLING.delta, help="δ at which ε is reported (default %(default)s)")
     p.add_argument("--max-epsilon", type=positive_float("--max-epsilon", allow_none=True), default=None, help="refuse to release if the exchange would cost more (default: no budget)")
     p.add_argument("--scores", metavar="scores.ecos", help="the scores you released earlier, to compose the whole exchange's ε")
     p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")

@@ -6,14 +6,15 @@
     ecos-cloud labels         DIR/state + proxy.json + labels.ecos -> proxy_labels.json
     ecos-cloud split-folders  simulation helper: split a folders tree exactly as train.py does
 
-The computation is the library's (`ECOSCloud.compress` / `ECOSCloud.select`, the same
-calls `ECOSSampler` makes in train.py), so the same features, seed and settings give the
-same proxy set.
+The computation is the library's: `ECOSSampler.cloud(...)` compresses and selects exactly
+as it does behind train.py's in-process exchange; here the exchange is files (the message
+written by one step, the clients' answers read by the next). Every default is train.py's
+(`ecos_pl.protocol.settings`, conf/train.yaml), so the same features, seed and settings give
+the same proxy set, and with the labelling φ (HOG) the same pseudo-labels.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import sys
@@ -70,16 +71,40 @@ from ecos_pl.protocol.messages import (
     answer_tag,
     phi_tag,
 )
-from ecos_pl.protocol.parties import CLIENT_CAP, ECOSCloud
+from ecos_pl.protocol.parties import ECOSCloud
 from ecos_pl.protocol.samplers import ECOSSampler
+from ecos_pl.protocol.settings import Allocation, Clustering
 
 PROG = "ecos-cloud"
-STATE_FORMAT = "ecos-cloud-state/1"
+#: 2: the clustering and allocation settings saved as their settings objects; the labelling φ's pool features
+STATE_FORMAT = "ecos-cloud-state/2"
 PROXY_FORMAT = "ecos-proxy/1"
-#: ECOS's settings default to the in-process sampler's (`ECOSSampler`, conf/sampler/ecos.yaml)
-_SAMPLER_DEFAULTS = {k: p.default for k, p in inspect.signature(ECOSSampler).parameters.items()}
-DEFAULT_SEED = 1  # conf/train.yaml
-DEFAULT_PHI = "random_cnn"  # conf/train.yaml defaults: phi
+LABEL_PHI_FILE = "label_phi.safetensors"
+CLUSTERING, ALLOCATION = Clustering(), Allocation()
+
+
+def _train_defaults() -> dict:
+    """train.py's seed, φ and labelling φ, read from conf/ (the programs have no defaults of their own)."""
+    from omegaconf import OmegaConf
+
+    from ecos_pl.cli.common import CONF_DIR
+
+    def choice(config, group: str):
+        for entry in OmegaConf.load(config).get("defaults", []):
+            if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+                for key, value in dict(entry).items():
+                    if key.split("@")[0].lstrip("/") == group:
+                        return value
+        return None
+
+    train = CONF_DIR / "train.yaml"
+    if not train.is_file():  # an installed package without conf/: the values of conf/train.yaml at release
+        return {"seed": 1, "phi": "random_cnn", "label_phi": "hog"}
+    return {"seed": int(OmegaConf.load(train).seed), "phi": choice(train, "phi"),
+            "label_phi": choice(CONF_DIR / "scenario" / "pseudo_label.yaml", "phi")}
+
+
+DEFAULTS = _train_defaults()
 
 
 # --------------------------------------------------------------------------- state
@@ -94,6 +119,8 @@ class CloudState:
     centroids_bytes: bytes
     pool_features: np.ndarray
     pool_paths: list[str] | None
+    #: the pool in the labelling φ (pseudo_label's proxy features), when the cloud ran one
+    pool_label_features: np.ndarray | None = None
 
     @property
     def n_centroids(self) -> int:
@@ -107,14 +134,11 @@ class CloudState:
     def phi_tag(self) -> bytes | None:
         return self.centroids.tag
 
-    def cloud(self, temperature: float | None = None) -> ECOSCloud:
-        """The same `ECOSCloud` that compressed the pool, with its clustering restored."""
+    def cloud(self, **allocation) -> ECOSCloud:
+        """The same `ECOSCloud` that compressed the pool, with its clustering restored (`allocation`: overrides)."""
         s = self.settings
-        cloud = ECOSCloud(
-            self.pool_features, s["n_centroids"], seed=s["seed"], niter=s["niter"], send_radii=s["send_radii"],
-            radius_quantile=s["radius_quantile"], temperature=s["temperature"] if temperature is None else temperature,
-            max_points_per_centroid=s["max_points_per_centroid"],
-        )
+        settings = Allocation.from_mapping({**s["allocation"], **{k: v for k, v in allocation.items() if v is not None}})
+        cloud = ECOSSampler(Clustering.from_mapping(s["clustering"]), settings).cloud(self.pool_features, s["seed"])
         cloud.clusters, cloud.message = self.clusters, self.centroids
         return cloud
 
@@ -152,10 +176,13 @@ def load_state(path) -> CloudState:
     features = read_features(feature_file, "--state")
     paths_file = folder / "pool_paths.txt"
     paths = parse_path_list(paths_file.read_text(encoding="utf-8"), f"--state {path}: {paths_file.name}") if paths_file.is_file() else None
+    label_file = folder / "pool_label_features.npy"
+    label_features = read_features(label_file, "--state") if label_file.is_file() else None
     n = len(features)
-    if len(clusters.assignments) != n or centroids.n_centroids != settings["n_centroids"] or (paths is not None and len(paths) != n):
+    if (len(clusters.assignments) != n or centroids.n_centroids != settings["n_centroids"] or (paths is not None and len(paths) != n)
+            or (label_features is not None and len(label_features) != n)):
         raise ECOSInputError(f"--state {path} is inconsistent: its pool, clustering and centroids disagree in size.")
-    return CloudState(folder, settings, clusters, centroids, data, features, paths)
+    return CloudState(folder, settings, clusters, centroids, data, features, paths, label_features)
 
 
 def load_proxy(path, state: CloudState) -> dict:
@@ -181,16 +208,19 @@ def load_proxy(path, state: CloudState) -> dict:
 # --------------------------------------------------------------------------- compress
 
 
-def _resolve_phi(spec: str | None, seed: int, image_size: int | None):
+def _resolve_phi(spec: str | None, seed: int, image_size: int | None, flag: str = "--phi"):
     """(φ, its config, image size, φ file to copy or None) from a preset name or a φ file."""
-    spec = spec or DEFAULT_PHI
+    spec = spec or DEFAULTS["phi"]
     if Path(spec).expanduser().is_file() or spec.endswith(".safetensors"):
-        phi, size = load_phi(spec)
+        phi, size = load_phi(spec, flag)
         if image_size is not None and image_size != size:
-            raise ECOSInputError(f"--image-size {image_size} differs from the image size {size} that --phi {spec} was saved with.")
+            raise ECOSInputError(f"--image-size {image_size} differs from the image size {size} that {flag} {spec} was saved with.")
         return phi, None, size, Path(spec).expanduser()
-    config = phi_preset(spec, seed)
-    return build_phi(config), config, image_size or DEFAULT_IMAGE_SIZE, None
+    try:
+        config = phi_preset(spec, seed)
+    except ECOSInputError as err:  # it names --phi
+        raise ECOSInputError(str(err).replace("--phi", flag, 1)) from None
+    return build_phi(config, flag), config, image_size or DEFAULT_IMAGE_SIZE, None
 
 
 def cmd_compress(args) -> int:
@@ -198,6 +228,7 @@ def cmd_compress(args) -> int:
     check_image_size(args.image_size)
     t0 = time.perf_counter()
     phi = phi_config = phi_source = None
+    label_phi = label_features = label_source = None
     image_size = None
     if args.features is not None:
         if args.pool_list is not None:
@@ -215,18 +246,24 @@ def cmd_compress(args) -> int:
         say(f"pool: {len(paths):,} images under {root}; decoding at {image_size}x{image_size}")
         images, paths = decode_images(root, paths, image_size, "--pool")
         if phi_config is not None:
-            phi.fit(images)  # as the in-process data module does (a no-op for timm φ; PCA is fitted on the pool)
+            phi.fit(images)  # as the in-process pipeline does (a no-op for timm φ; PCA is fitted on the pool)
         say(f"φ: {type(phi).__name__} on {len(images):,} pool images")
         features = unit_rows(phi.transform(images), "pool features")
+        if args.label_phi.lower() != "none":  # pseudo_label's labelling φ, fitted on the pool as train.py's label round does
+            label_phi, label_config, _, label_source = _resolve_phi(args.label_phi, args.seed, image_size, "--label-phi")
+            if label_config is not None:
+                label_phi.fit(images)
+            label_features = unit_rows(label_phi.transform(images), "pool label features")
+            say(f"labelling φ: {type(label_phi).__name__} on the same images (pseudo_label's proxy features)")
         del images
         pool_source = {"kind": "images", "root": str(root), "n": len(paths)}
     t1 = time.perf_counter()
     n, d = features.shape
     check_count(args.centroids, "--centroids", high=n, high_name="the pool size")
-    cloud = ECOSCloud(
-        features, args.centroids, seed=args.seed, niter=args.niter, send_radii=args.radii,
-        radius_quantile=args.radius_quantile, temperature=args.temperature, max_points_per_centroid=args.max_points_per_centroid,
-    )
+    clustering = Clustering(n_centroids=args.centroids, niter=args.niter, max_points_per_centroid=args.max_points_per_centroid,
+                            send_radii=args.radii, radius_quantile=args.radius_quantile)
+    allocation = Allocation(temperature=args.temperature, client_cap=ALLOCATION.client_cap)
+    cloud = ECOSSampler(clustering, allocation).cloud(features, args.seed)  # what train.py's sampler compresses with
     plain = cloud.compress()
     t2 = time.perf_counter()
     fingerprint = phi.fingerprint() if phi is not None else None
@@ -238,6 +275,10 @@ def cmd_compress(args) -> int:
         phi_bytes = phi_file_bytes(phi, image_size)
     elif phi_source is not None and phi_source.resolve() != phi_file.resolve():
         phi_bytes = phi_source.read_bytes()
+    label_phi_file = out_dir / LABEL_PHI_FILE
+    label_bytes = None
+    if label_phi is not None:
+        label_bytes = label_source.read_bytes() if label_source is not None else phi_file_bytes(label_phi, image_size)
     settings = {
         "format": STATE_FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -245,12 +286,10 @@ def cmd_compress(args) -> int:
         "dim": int(d),
         "n_pool": int(n),
         "seed": int(args.seed),
-        "niter": int(args.niter),
-        "send_radii": bool(args.radii),
-        "radius_quantile": float(args.radius_quantile),
-        "temperature": float(args.temperature),
-        "max_points_per_centroid": int(args.max_points_per_centroid),
+        "clustering": clustering.to_dict(),
+        "allocation": allocation.to_dict(),
         "phi": None if phi is None else {"fingerprint": fingerprint, "tag": message.tag.hex(), "config": phi_config, "image_size": image_size},
+        "label_phi": None if label_phi is None else {"fingerprint": label_phi.fingerprint(), "tag": phi_tag(label_phi.fingerprint()).hex()},
         "pool": pool_source,
         "centroids_tag": answer_tag(message).hex(),
         "bytes_down": message.nbytes,
@@ -264,11 +303,15 @@ def cmd_compress(args) -> int:
         if pool_source["kind"] == "images":
             np.save(folder / "pool_features.npy", np.ascontiguousarray(features, dtype=np.float32))
             (folder / "pool_paths.txt").write_text(path_list_text(paths), encoding="utf-8")
+        if label_features is not None:
+            np.save(folder / "pool_label_features.npy", np.ascontiguousarray(label_features, dtype=np.float32))
 
     replace_dir(build, out_dir / "state")
     write_bytes_atomic(out_dir / "centroids.ecos", data)
     if phi_bytes is not None:
         write_bytes_atomic(phi_file, phi_bytes)
+    if label_bytes is not None:
+        write_bytes_atomic(label_phi_file, label_bytes)
     sizes = cloud.clusters.sizes
     say(
         f"compressed {n:,} pool samples (d={d}) into R={args.centroids} centroids "
@@ -280,6 +323,8 @@ def cmd_compress(args) -> int:
         say(f"wrote {phi_file}: φ for the client ({phi_file.stat().st_size:,} bytes, once; fingerprint {fingerprint}, tag {message.tag.hex()})")
     else:
         say("no φ file: the pool came as features; the client must score features computed by the same φ (--features)")
+    if label_phi is not None:
+        say(f"wrote {label_phi_file}: the labelling φ, for pseudo_label's label round ({label_phi_file.stat().st_size:,} bytes)")
     say(f"wrote {out_dir / 'state'}/: the cloud's own state for select (nothing in it leaves the cloud)",
         "privacy: this step releases nothing about any client.")
     return 0
@@ -325,9 +370,8 @@ def cmd_select(args) -> int:
             )
         replies.append(msg)
         clients.append(_client_entry(path, msg))
-    temperature = state.settings["temperature"] if args.temperature is None else args.temperature
-    cloud = state.cloud(temperature)
-    cloud.client_cap = args.client_cap
+    cloud = state.cloud(temperature=args.temperature, client_cap=args.client_cap)
+    temperature = cloud.allocation_settings.temperature
     t0 = time.perf_counter()
     indices = cloud.select(replies, budget)
     seconds = time.perf_counter() - t0
@@ -356,8 +400,8 @@ def cmd_select(args) -> int:
             "down_per_client": state.centroids.nbytes,
             "up": sum(c["bytes_up"] for c in clients),
         },
-        "settings": {k: state.settings[k] for k in ("n_centroids", "seed", "niter", "send_radii", "max_points_per_centroid")}
-        | {"temperature": temperature, "phi_fingerprint": (state.settings.get("phi") or {}).get("fingerprint")},
+        "settings": {"seed": state.settings["seed"], **state.settings["clustering"], **cloud.allocation_settings.to_dict(),
+                     "phi_fingerprint": (state.settings.get("phi") or {}).get("fingerprint")},
         "centroids_tag": state.answer_tag.hex(),
         "state": str(state.folder.resolve()),
         "timings": {"select": seconds},
@@ -376,6 +420,9 @@ def cmd_select(args) -> int:
 
 
 def _proxy_features_message(state: CloudState, indices: np.ndarray) -> ProxyFeaturesMessage:
+    """The proxy set in the labelling φ when the cloud ran one (train.py's label round), else in the protocol's φ."""
+    if state.pool_label_features is not None:
+        return ProxyFeaturesMessage(state.pool_label_features[indices], tag=bytes.fromhex(state.settings["label_phi"]["tag"]))
     return ProxyFeaturesMessage(state.pool_features[indices], tag=state.phi_tag)
 
 
@@ -417,6 +464,7 @@ def cmd_labels(args) -> int:
     out = {
         "format": "ecos-proxy-labels/1",
         "proxy_set_sha1": proxy["proxy_set_sha1"],
+        "proxy_targets_sha1": sha1_indices(labels),  # train.py's name for the same digest of the same labels
         "indices": [int(i) for i in indices],
         "paths": proxy.get("paths"),
         "root": proxy.get("root"),
@@ -517,15 +565,18 @@ def build_parser():
     p.add_argument("--pool-list", metavar="FILE", help="text file of image paths inside --pool, one a line (a name a line cannot hold "
                    "as it is, e.g. one with a newline, as a JSON string; # comments): the pool and its order")
     names = ", ".join(phi_preset_names()) or "random_cnn, pca"
-    p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULT_PHI}, as train.py) or a φ file")
+    p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULTS['phi']}, as train.py) or a φ file")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULT_IMAGE_SIZE}, or the φ file's)")
     p.add_argument("--centroids", "-R", type=positive_int("--centroids"), required=True, metavar="R", help="number of k-means centroids R")
-    p.add_argument("--seed", type=nonneg_int("--seed"), default=DEFAULT_SEED, help=f"seed of φ's initialisation and of k-means (train.py's seed; default {DEFAULT_SEED})")
-    p.add_argument("--niter", type=positive_int("--niter"), default=_SAMPLER_DEFAULTS["niter"], help="k-means iterations (default %(default)s)")
+    p.add_argument("--label-phi", metavar="NAME|FILE|none", default=DEFAULTS["label_phi"],
+                   help="pseudo_label's labelling φ (a preset or a φ file), fitted on the pool, written as label_phi.safetensors; "
+                        "none: the label round votes in φ (default %(default)s, as train.py's scenario=pseudo_label)")
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=DEFAULTS["seed"], help="seed of φ's initialisation and of k-means (train.py's seed; default %(default)s)")
+    p.add_argument("--niter", type=positive_int("--niter"), default=CLUSTERING.niter, help="k-means iterations (default %(default)s)")
     p.add_argument("--radii", action="store_true", help="also send each cluster's radius; far client samples then do not vote")
-    p.add_argument("--radius-quantile", type=fraction("--radius-quantile"), default=_SAMPLER_DEFAULTS["radius_quantile"], help="quantile of member distances that defines a radius (default %(default)s)")
-    p.add_argument("--temperature", type=positive_float("--temperature"), default=_SAMPLER_DEFAULTS["temperature"], help="τ in b_r ∝ v_r^(1/τ), kept for select (default %(default)s)")
-    p.add_argument("--max-points-per-centroid", type=positive_int("--max-points-per-centroid"), default=_SAMPLER_DEFAULTS["max_points_per_centroid"], help="k-means subsample per centroid (default %(default)s)")
+    p.add_argument("--radius-quantile", type=fraction("--radius-quantile"), default=CLUSTERING.radius_quantile, help="quantile of member distances that defines a radius (default %(default)s)")
+    p.add_argument("--temperature", type=positive_float("--temperature"), default=ALLOCATION.temperature, help="τ in b_r ∝ v_r^(1/τ), kept for select (default %(default)s)")
+    p.add_argument("--max-points-per-centroid", type=positive_int("--max-points-per-centroid"), default=CLUSTERING.max_points_per_centroid, help="k-means subsample per centroid (default %(default)s)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="where centroids.ecos, phi.safetensors and state/ go")
     p.set_defaults(func=cmd_compress)
 
@@ -540,7 +591,7 @@ def build_parser():
     p.add_argument("--scores", required=True, nargs="+", metavar="SCORES.ecos", help="one scores file per client")
     p.add_argument("--budget", "-B", required=True, type=positive_int("--budget"), metavar="B", help="proxy-set size")
     p.add_argument("--temperature", type=positive_float("--temperature"), default=None, help="override τ (default: compress's)")
-    p.add_argument("--client-cap", type=positive_float("--client-cap", allow_none=True, at_least=1.0), default=CLIENT_CAP, metavar="F",
+    p.add_argument("--client-cap", type=positive_float("--client-cap", allow_none=True, at_least=1.0), default=ALLOCATION.client_cap, metavar="F",
                    help="no client's scores weigh more than F times the median of the other clients' totals (the samples they "
                         "claim); none (or 0): no cap (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use scores files that carry no tag (nothing checks what they answer)")
@@ -579,7 +630,7 @@ def build_parser():
     p.add_argument("--client-domain", required=True, metavar="DOMAIN")
     p.add_argument("--client-fraction", type=float, default=0.5, help="share of the client domain's images that the client holds (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share kept for the client's test split (default %(default)s)")
-    p.add_argument("--seed", type=nonneg_int("--seed"), default=DEFAULT_SEED, help="train.py's seed (default %(default)s)")
+    p.add_argument("--seed", type=nonneg_int("--seed"), default=DEFAULTS["seed"], help="train.py's seed (default %(default)s)")
     p.add_argument("--max-per-domain", type=positive_int("--max-per-domain"), default=None)
     p.add_argument("--pool-list", required=True, metavar="pool.txt")
     p.add_argument("--client-dir", required=True, metavar="FOLDER")
