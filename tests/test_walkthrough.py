@@ -1,7 +1,7 @@
 """The README walkthrough, run line by line on a tiny `folders` tree: two parties, files handed over, and the same
 proxy set as `train.py` selects in process with the same seed and settings.
 
-`WALKTHROUGH` is the text of the README snippet. Each `uv run ecos-cloud|ecos-client ...` line runs the program's
+`WALKTHROUGH` is the README's walkthrough block, read from README.md. Each `uv run ecos-cloud|ecos-client ...` line runs the program's
 `main` with exactly that argv (after the shell's variable expansion), `mkdir -p` and `cp` are done in Python, and the
 `uv run python ...` lines run as subprocesses. The test sets TREE, CLIENT, R and B for its tiny tree (the export
 line's values are the README's), and appends tiny training settings to the `train.py` line: training does not touch
@@ -25,41 +25,14 @@ from ecos_pl.protocol.store import load_selection
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WALKTHROUGH = """\
-# the tree, the client's domain, R and the budget (run from the repository root)
-export TREE=/path/to/tree CLIENT=photo R=64 B=400
+def readme_walkthrough() -> str:
+    """The README's walkthrough block (```bash walkthrough), so the test runs what a user reads."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("```bash walkthrough\n") + len("```bash walkthrough\n")
+    return text[start : text.index("```", start)]
 
-# 0. simulation only: split the tree exactly as train.py's data=folders does
-#    (the pool's file list for the cloud; the client's training images, copied to a folder of its own)
-uv run ecos-cloud split-folders --root $TREE --client-domain $CLIENT --seed 1 --pool-list pool.txt --client-dir client/images
 
-# 1. cloud (terminal 1): φ of every pool image, R k-means centroids
-uv run ecos-cloud compress --pool $TREE --pool-list pool.txt --centroids $R --seed 1 --out-dir cloud
-
-# hand-over, cloud -> client: the centroids, φ and (pseudo_label) the labelling φ
-mkdir -p client/inbox && cp cloud/centroids.ecos cloud/phi.safetensors cloud/label_phi.safetensors client/inbox/
-
-# 2. client (terminal 2): R coverage scores of its own images (Gaussian noise, ε = 0.58, δ = 1e-5), nothing else
-#    simulation only: --seed 1 draws train.py's noise, for the check below; a real client leaves it out (OS randomness)
-uv run ecos-client score --centroids client/inbox/centroids.ecos --phi client/inbox/phi.safetensors --images client/images --seed 1 --out client/scores.ecos
-
-# hand-over, client -> cloud: 32 + 4·R bytes
-mkdir -p cloud/inbox && cp client/scores.ecos cloud/inbox/
-
-# 3. cloud: the proxy set (indices and file paths in proxy.json)
-uv run ecos-cloud select --state cloud --scores cloud/inbox/scores.ecos --budget $B --out cloud/proxy.json
-
-# pseudo_label only: the client labels the proxy set (Private-kNN in the labelling φ, label_phi.safetensors next to the message)
-uv run ecos-cloud proxy-features --state cloud --proxy cloud/proxy.json --out cloud/proxy_features.ecos
-cp cloud/proxy_features.ecos client/inbox/
-uv run ecos-client label --proxy-features client/inbox/proxy_features.ecos --images client/images --scores client/scores.ecos --seed 1 --out client/labels.ecos
-cp client/labels.ecos cloud/inbox/
-uv run ecos-cloud labels --state cloud --proxy cloud/proxy.json --labels cloud/inbox/labels.ecos --out cloud/proxy_labels.json
-
-# check: train.py, in one process with the same seed and settings, selects the same proxy set and gives the same pseudo-labels
-uv run python train.py scenario=pseudo_label data=folders data.root=$TREE data.client_domain=$CLIENT seed=1 n_centroids=$R budget=$B results_file=inprocess.json
-uv run python -c "import json; a, b, c = (json.load(open(f)) for f in ('cloud/proxy.json', 'cloud/proxy_labels.json', 'inprocess.json')); print('identical' if (a['proxy_set_sha1'], b['proxy_targets_sha1']) == (c['proxy_set_sha1'], c['proxy_targets_sha1']) else 'DIFFERENT')"
-"""
+WALKTHROUGH = readme_walkthrough()
 
 #: training settings for the train.py line (tests/test_train.py's); they change nothing before training starts
 TINY_TRAINING = [

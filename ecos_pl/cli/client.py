@@ -298,8 +298,9 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program: `argv` (default: the command line) -> exit code."""
     return run_program(PROG, build_parser(), argv)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m ecos_pl.cli.client
     sys.exit(main())

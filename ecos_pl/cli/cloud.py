@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -73,14 +72,14 @@ from ecos_pl.protocol.messages import (
 )
 from ecos_pl.protocol.parties import ECOSCloud
 from ecos_pl.protocol.samplers import ECOSSampler
-from ecos_pl.protocol.settings import Allocation, Clustering
+from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy
 
 PROG = "ecos-cloud"
 #: 2: the clustering and allocation settings saved as their settings objects; the labelling φ's pool features
 STATE_FORMAT = "ecos-cloud-state/2"
 PROXY_FORMAT = "ecos-proxy/1"
 LABEL_PHI_FILE = "label_phi.safetensors"
-CLUSTERING, ALLOCATION = Clustering(), Allocation()
+CLUSTERING, ALLOCATION, LABELLING, SCORE_PRIVACY = Clustering(), Allocation(), Labelling(), ScorePrivacy()
 
 
 def _train_defaults() -> dict:
@@ -613,9 +612,9 @@ def build_parser():
     p.add_argument("--proxy", required=True, metavar="proxy.json")
     p.add_argument("--labels", required=True, metavar="labels.ecos")
     p.add_argument("--client", metavar="SCORES_FILE", help="which client labelled (its scores file as named in proxy.json), to compose its ε")
-    p.add_argument("--sampling-rate", type=positive_float("--sampling-rate"), default=0.2, help="the client's Private-kNN subsample rate γ, for its ε (default %(default)s, ecos-client's)")
-    p.add_argument("--score-mechanism", choices=("gaussian", "laplace"), default="gaussian", help="how the client privatised its scores (default %(default)s)")
-    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=1e-5, help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--sampling-rate", type=positive_float("--sampling-rate"), default=LABELLING.sampling_rate, help="the client's Private-kNN subsample rate γ, for its ε (default %(default)s, ecos-client's)")
+    p.add_argument("--score-mechanism", choices=("gaussian", "laplace"), default=SCORE_PRIVACY.mechanism, help="how the client privatised its scores (default %(default)s)")
+    p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABELLING.delta, help="δ at which ε is reported (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use a labels file that carries no tag (nothing checks what it answers)")
     p.add_argument("--out", required=True, metavar="proxy_labels.json")
     p.set_defaults(func=cmd_labels)
@@ -639,8 +638,5 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program: `argv` (default: the command line) -> exit code."""
     return run_program(PROG, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
