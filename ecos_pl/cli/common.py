@@ -99,82 +99,75 @@ def say(*lines: str) -> None:
 # --------------------------------------------------------------------------- argument types
 
 
-def positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _whole_number_at_least(low: int) -> Callable[[str], Callable[[str], int]]:
+    def make(name: str) -> Callable[[str], int]:
+        def parse(text: str) -> int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"{name} must be at least {low}, got {value}")
+            return value
+
+        return parse
+
+    return make
+
+
+positive_int = _whole_number_at_least(1)
+nonneg_int = _whole_number_at_least(0)
+
+
+def _number(name: str, allow_none: bool, what: str, out_of_bounds: Callable[[float], str | None]) -> Callable[[str], float | None]:
+    """A parser of a float (`none`/`null`/`off` -> None when `allow_none`); `out_of_bounds(value)` says what it must do, or None."""
+
+    def parse(text: str):
+        if allow_none and text.strip().lower() in ("none", "null", "off"):
+            return None
         try:
-            value = int(text)
+            value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
-        return value
-
-    return parse
-
-
-def nonneg_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 0, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        must = out_of_bounds(value)
+        if must:
+            raise argparse.ArgumentTypeError(f"{name} must {must}, got {text!r}")
         return value
 
     return parse
 
 
 def positive_float(name: str, *, allow_none: bool = False, below_one: bool = False, at_least: float | None = None) -> Callable[[str], float | None]:
-    def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null", "off"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+    def out_of_bounds(value: float) -> str | None:
         if not np.isfinite(value) or value <= 0 or (below_one and value >= 1) or (at_least is not None and value < at_least):
-            bound = "in (0, 1)" if below_one else f"a finite number >= {at_least:g}" if at_least is not None else "a positive, finite number"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
-        return value
+            return "be " + ("in (0, 1)" if below_one else f"a finite number >= {at_least:g}" if at_least is not None else "a positive, finite number")
+        return None
 
-    return parse
+    return _number(name, allow_none, "a number", out_of_bounds)
 
 
 def fraction(name: str, *, allow_none: bool = False) -> Callable[[str], float | None]:
-    def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null", "off"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1], got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must lie in [0, 1], got {text!r}")
-        return value
-
-    return parse
+    return _number(name, allow_none, "a number in [0, 1]", lambda value: None if 0.0 <= value <= 1.0 else "lie in [0, 1]")
 
 
 # --------------------------------------------------------------------------- files
 
 
-def existing_file(path, flag: str) -> Path:
+def _existing(path, flag: str, is_kind: Callable[[Path], bool], kind: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise ECOSInputError(f"{flag} {path} does not exist.")
-    if not p.is_file():
-        raise ECOSInputError(f"{flag} {path} is not a file.")
+    if not is_kind(p):
+        raise ECOSInputError(f"{flag} {path} is not a {kind}.")
     return p
+
+
+def existing_file(path, flag: str) -> Path:
+    return _existing(path, flag, Path.is_file, "file")
 
 
 def existing_dir(path, flag: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ECOSInputError(f"{flag} {path} does not exist.")
-    if not p.is_dir():
-        raise ECOSInputError(f"{flag} {path} is not a folder.")
-    return p
+    return _existing(path, flag, Path.is_dir, "folder")
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:

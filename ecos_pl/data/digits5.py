@@ -36,10 +36,10 @@ from ecos_pl.data.splits import (
     cap_images,
     carve_client,
     check_client_domain,
+    check_domain_folders,
     check_fraction,
     check_label_space,
     check_max_per_domain,
-    check_root,
     check_seed,
     rng_for,
 )
@@ -76,10 +76,7 @@ def split_digits5(
     test_fraction = check_fraction(test_fraction, "test_fraction")
     seed = check_seed(seed)
     max_per_domain = check_max_per_domain(max_per_domain)
-    root = check_root(root)
-    missing = [f"{d}/" for d in DOMAINS if not (root / d).is_dir()]
-    if missing:
-        raise ECOSInputError(f"data.root={str(root)!r} lacks the Digits-5 folder(s) {', '.join(missing)}; {LAYOUT}.")
+    root = check_domain_folders(root, DOMAINS, "Digits-5", LAYOUT)
     scanned = {d: _scan(root, d) for d in DOMAINS}
     empty = [f"{f.folder}/" for d in DOMAINS for _, f in scanned[d] if not f.n_images]
     if empty:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from ecos_pl.data.images import scan_domain
 from ecos_pl.data.on_disk import OnDiskSource
 from ecos_pl.data.splits import PathSplits, split_client_domain
-from ecos_pl.data.splits import check_client_domain, check_fractions, check_label_space, check_max_per_domain, check_root, check_seed
+from ecos_pl.data.splits import check_client_domain, check_domain_folders, check_fractions, check_label_space, check_max_per_domain, check_seed
 from ecos_pl.protocol.errors import ECOSInputError
 
 DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -71,10 +71,7 @@ def split_domainnet(
     seed = check_seed(seed)
     max_per_domain = check_max_per_domain(max_per_domain)
     wanted = resolve_classes(classes)
-    root = check_root(root)
-    missing = [f"{d}/" for d in DOMAINS if not (root / d).is_dir()]
-    if missing:
-        raise ECOSInputError(f"data.root={str(root)!r} lacks the DomainNet folder(s) {', '.join(missing)}; {LAYOUT}.")
+    root = check_domain_folders(root, DOMAINS, "DomainNet", LAYOUT)
     scanned = {d: scan_domain(root, d, d, wanted) for d in DOMAINS}
     if wanted is None:
         class_names = sorted(scanned[client_domain].classes)

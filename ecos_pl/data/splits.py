@@ -51,6 +51,15 @@ def check_root(root) -> Path:
     return path.absolute()
 
 
+def check_domain_folders(root, domains: Iterable[str], benchmark: str, layout: str) -> Path:
+    """`check_root`, and that every one of a benchmark's domain folders is there (`layout`: where to put what)."""
+    root = check_root(root)
+    missing = [f"{d}/" for d in domains if not (root / d).is_dir()]
+    if missing:
+        raise ECOSInputError(f"data.root={str(root)!r} lacks the {benchmark} folder(s) {', '.join(missing)}; {layout}.")
+    return root
+
+
 def check_fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise ECOSInputError(f"data.{name} must be a number strictly between 0 and 1, got {value!r}.")
