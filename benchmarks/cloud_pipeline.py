@@ -8,7 +8,7 @@ its brightness scaled by a seeded factor in [0.9, 1.1], so no two rows are
 equal. Untimed setup writes them as PNG files into a temporary folder; the timed
 stages are then the project's own code:
 
-* decode: `ecos_pl.data.folders.decode_all` (PIL, as `data=folders` decodes a tree);
+* decode: `ecos_pl.data.images.decode_all` (PIL, as `data=folders` decodes a tree);
 * φ: `ecos_pl.feature_predict.predict_pool_features` through Lightning's
   `trainer.predict` (accelerator auto: a GPU when there is one), the app's φ
   (`conf/phi/<--phi>.yaml`), written to a feature cache file in the app's dtype;
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, workdir: Path, log: Log) -> dict:
     import torch
 
     from ecos_pl.data.digits_lite import build_digits_lite
-    from ecos_pl.data.folders import decode_all
+    from ecos_pl.data.images import decode_all
     from ecos_pl.feature_cache import cache_entry
     from ecos_pl.feature_predict import predict_pool_features
     from ecos_pl.protocol import ECOSClient, ECOSCloud

@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecos_pl.atomic import write_json_atomic  # noqa: E402
 import ecos_pl.conf_store  # noqa: E402,F401 - the protocol settings nodes Hydra composes from
+from ecos_pl.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 DEFAULTS = {
     "seeds": [1, 2, 3],
@@ -147,9 +147,7 @@ def main(argv: list[str]) -> int:
     table = markdown(rows, title)
     print(table)
     stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
-    md_tmp = stem.with_suffix(".md.tmp")
-    md_tmp.write_text(table)
-    md_tmp.replace(stem.with_suffix(".md"))
+    write_text_atomic(stem.with_suffix(".md"), table)
     write_json_atomic({"title": title, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
     return 0

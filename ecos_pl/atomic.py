@@ -1,10 +1,13 @@
 """Files written so that a reader never sees half of one: a temporary name in the target folder, then a rename.
 
 One place for it: results, caches, sidecars, figures' CSVs and the programs' message
-files all go through `write_atomic`. A temporary's name carries its writer's host and
-pid (`temporary_path`), so what a killed process leaves behind is recognised and removed
-by the next writer in that folder (`clean_dead_temporaries`); a cache entry that fails
-its checks is moved aside (`move_aside`), never used and never deleted unseen.
+files all go through `write_atomic`; a folder (a decode-cache entry, a program's output
+folder) is built under a temporary name and swapped in by `replace_dir`. Whatever is
+written follows the umask (never the 0600/0700 of `mkstemp`/`mkdtemp`). A temporary's
+name carries its writer's host and pid (`temporary_path`), so what a killed process
+leaves behind is recognised and removed by the next writer in that folder
+(`clean_dead_temporaries`); a cache entry that fails its checks is moved aside
+(`move_aside`), never used and never deleted unseen.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import warnings
@@ -37,6 +41,8 @@ def owner_tag() -> str:
 
 #: a temporary named by `temporary_path` or `FeatureWriter`: `...<host>-<pid>[.-]....tmp` (the rightmost such tag)
 _TEMPORARY = re.compile(r"^.*\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)[.-][^/]*\.tmp$")
+#: the old folder `replace_dir` moves aside for the swap: `.<name>.<host>-<pid>-<random>.old.tmp`
+_ASIDE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}-\d+-[^/]*\.old\.tmp$")
 
 
 def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
@@ -61,7 +67,9 @@ def clean_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporaries in `folder` whose writer (this host, that pid) is no longer running; return them.
 
     Temporaries of live processes (a concurrent run) and of other hosts (a shared file
-    system) are left alone: their pid cannot be checked here.
+    system) are left alone: their pid cannot be checked here. A dead writer's temporary
+    folder (`replace_dir`) goes too, but an old folder it had moved aside for its swap is
+    renamed back when nothing has taken its place.
     """
     removed: list[Path] = []
     me = host_tag()
@@ -74,9 +82,17 @@ def clean_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
         if match is None or match["host"] != me or _alive(int(match["pid"])):
             continue
         try:
-            if entry.is_file(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False):
+                aside = _ASIDE.match(entry.name)
+                if aside is not None and not os.path.lexists(os.path.join(folder, aside["name"])):
+                    os.rename(entry.path, os.path.join(folder, aside["name"]))  # killed between the two renames of a swap
+                    continue
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            else:
+                continue
+            removed.append(Path(entry.path))
         except OSError:  # another cleaner was first
             pass
     return removed
@@ -116,6 +132,32 @@ def write_atomic(path: str | os.PathLike, write: Callable[[object], None], *, bi
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def replace_dir(build: Callable[[Path], None], target: str | os.PathLike) -> Path:
+    """Build a folder through `build(folder)` under a temporary name beside `target`, then swap it in.
+
+    The temporary is `.<name>.<host>-<pid>-<random>.tmp` (mode from the umask); an existing
+    `target` stays in place, whole, until the swap: it is renamed aside, the new folder renamed
+    in, and only then removed. If `build` raises, `target` is untouched and the temporary goes.
+    """
+    target = Path(target).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_dead_temporaries(target.parent)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{owner_tag()}-", suffix=".tmp"))
+    old = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; caches and outputs are meant to be shared
+        build(tmp)
+        if os.path.lexists(target):
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def _umask() -> int:

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from ecos_pl.data.folders import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ecos_pl.data.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ecos_pl.models import ImageClassifier
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import l2_normalize
@@ -178,6 +178,19 @@ class FeatureExtractor(ABC):
         """This kind's φ from a checked spec (no state yet). `weights`: let the constructor load pretrained
         weights (the cloud's own presets); a φ file's weights come from the file (`load_state_tensors`)."""
         return cls(**_check_fields(cls, spec))
+
+    def to_bytes(self, image_size: int, size_flag: str = "--image-size") -> bytes:
+        """This φ as a φ file (`ecos_pl.phi_file`): spec, state tensors, `image_size`, fingerprint and probe features."""
+        from ecos_pl.phi_file import phi_file_bytes
+
+        return phi_file_bytes(self, image_size, size_flag)
+
+    @staticmethod
+    def from_file(path, flag: str = "--phi") -> tuple["FeatureExtractor", int]:
+        """(φ, its image size) read back from a φ file (`ecos_pl.phi_file.load_phi_file`); errors name `flag` and `path`."""
+        from ecos_pl.phi_file import load_phi_file
+
+        return load_phi_file(path, flag)
 
 
 class PCAProjected(FeatureExtractor):

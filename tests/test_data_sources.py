@@ -393,6 +393,67 @@ def test_domainnet_bad_client_domain(domainnet_tree):
         DomainNet(domainnet_tree, client_domain="photo")
 
 
+# --------------------------------------------------------------------------- the data-source interface
+
+
+def _conf_sources() -> dict[str, str]:
+    """{conf/data file: its source's `_target_`}."""
+    import yaml
+
+    out = {}
+    for path in sorted((ROOT / "conf" / "data").glob("*.yaml")):
+        out[path.stem] = yaml.safe_load(path.read_text())["source"]["_target_"]
+    return out
+
+
+def _target_class(target: str) -> type:
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_conf_data_source_declares_the_data_source_interface():
+    from ecos_pl.data.base import DataSource
+
+    sources = _conf_sources()
+    assert {"digits_lite", "digits5_lite", "digits5", "domainnet", "folders"} <= set(sources)
+    for config, target in sources.items():
+        cls = _target_class(target)
+        assert issubclass(cls, DataSource), f"conf/data/{config}.yaml: {target} does not declare DataSource"
+        assert isinstance(cls.name, str) and cls.name == config, (config, cls.name)
+
+
+def test_data_sources_are_instances_and_load_an_ecos_data(tree, digits5_tree, domainnet_tree, tmp_path):
+    from ecos_pl.data.base import DataSource
+    from ecos_pl.data.digits5_lite import Digits5Lite
+    from ecos_pl.data.digits_lite import DigitsLite
+
+    on_disk = [
+        Folders(tree, client_domain="a", image_size=8),
+        Digits5(digits5_tree, client_domain="mnist", image_size=8),
+        DomainNet(domainnet_tree, client_domain="sketch", classes=["zebra", "bird"], image_size=8),
+    ]
+    for source in [*on_disk, DigitsLite(cache_dir=tmp_path), Digits5Lite(cache_dir=tmp_path)]:  # built only when loaded
+        assert isinstance(source, DataSource)
+    for source in on_disk:
+        data = source.load()
+        assert isinstance(data, ECOSData) and data.name == source.name and data.meta["data_key"]
+        assert source.load() is data  # decoded once
+
+
+def test_a_data_source_must_name_itself():
+    from ecos_pl.data.base import DataSource
+
+    with pytest.raises(TypeError, match="must name itself"):
+        class Nameless(DataSource):  # noqa: F841 - the class statement is what fails
+            def load(self):
+                raise AssertionError
+
+    with pytest.raises(TypeError):  # load() is abstract
+        type("NoLoad", (DataSource,), {"name": "no_load"})()
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
+from ecos_pl.atomic import CacheWarning
 from ecos_pl.data import NONE_LABEL, ECOSData
 from ecos_pl.data import digits_lite as dl
 from ecos_pl.data.digits_lite import DigitsLite, build_digits_lite
@@ -124,13 +128,23 @@ def test_second_call_loads_from_cache(built, monkeypatch):
     assert loaded.meta["counts"] == data.meta["counts"]
 
 
-def test_corrupt_cache_is_rebuilt_with_a_warning(data, tmp_path):
+def test_corrupt_cache_is_moved_aside_and_rebuilt_with_a_warning(data, tmp_path):
     path = tmp_path / f"digits_lite-v{dl.VERSION}-seed1-photo-32-ct4.npz"
     path.write_bytes(b"not an npz file")
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with pytest.warns(CacheWarning, match="moved aside"):
         rebuilt = build_digits_lite(seed=1, cache_dir=tmp_path)
     _assert_same(data, rebuilt)
     np.load(path)  # the rebuilt file is valid again
+    (aside,) = tmp_path.glob(f"{path.name}.damaged-*")  # the damaged one is kept, not deleted unseen
+    assert aside.read_bytes() == b"not an npz file"
+
+
+def test_the_cache_file_follows_the_umask(built):
+    data, cache = built
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(data.meta["cache_path"]).st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+    assert not [p.name for p in cache.iterdir() if p.name.endswith(".tmp")]  # no temporary left
 
 
 @pytest.mark.parametrize(

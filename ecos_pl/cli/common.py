@@ -1,15 +1,17 @@
-"""What both programs share: one-sentence errors (exit code 2), atomic writes, message files, images, φ files, ε lines."""
+"""What both programs share: one-sentence errors (exit code 2), argument types, message files, path lists, φ presets, ε lines.
+
+Image listing and decoding (`list_images`, `decode_images`) live in `ecos_pl.data.images`, φ files
+(`phi_file_bytes`, `load_phi`) in `ecos_pl.phi_file`, folder swaps (`replace_dir`) in `ecos_pl.atomic`;
+they are importable from here too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -17,19 +19,28 @@ from typing import Callable
 import numpy as np
 
 from ecos_pl import atomic
-from ecos_pl.atomic import _umask, write_atomic
-from ecos_pl.data.folders import IMAGE_EXTENSIONS
+from ecos_pl.atomic import replace_dir, write_atomic  # noqa: F401 - replace_dir: re-exported
+from ecos_pl.bad_input import one_line as _one_line
+from ecos_pl.data.images import IMAGE_EXTENSIONS, decode_images, list_images, require_images  # noqa: F401 - re-exported
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
+
+#: names of `ecos_pl.phi_file` importable from here, imported on first use (it imports torch: `--help` stays fast)
+_PHI_FILE_NAMES = ("PHI_FORMAT", "PHI_FORMAT_1", "phi_file_bytes", "load_phi_file")
+
+
+def __getattr__(name: str):
+    if name in _PHI_FILE_NAMES:
+        from ecos_pl import phi_file
+
+        return getattr(phi_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: exit code of every bad input (argparse uses it too)
 EXIT_BAD_INPUT = 2
 #: the project's Hydra configs (φ presets); present in a source checkout
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_IMAGE_SIZE = 32  # conf/data/*.yaml image_size
-#: φ files: data only (a declarative spec of a known φ kind + tensors); format 1 named the class in a Hydra config
-PHI_FORMAT = "ecos-phi/2"
-PHI_FORMAT_1 = "ecos-phi/1"
 
 
 # --------------------------------------------------------------------------- program frame
@@ -52,10 +63,6 @@ def add_command(subparsers, name: str, help: str, description: str, epilog: str)
     return subparsers.add_parser(
         name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def run_program(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
@@ -92,82 +99,75 @@ def say(*lines: str) -> None:
 # --------------------------------------------------------------------------- argument types
 
 
-def positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _whole_number_at_least(low: int) -> Callable[[str], Callable[[str], int]]:
+    def make(name: str) -> Callable[[str], int]:
+        def parse(text: str) -> int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"{name} must be at least {low}, got {value}")
+            return value
+
+        return parse
+
+    return make
+
+
+positive_int = _whole_number_at_least(1)
+nonneg_int = _whole_number_at_least(0)
+
+
+def _number(name: str, allow_none: bool, what: str, out_of_bounds: Callable[[float], str | None]) -> Callable[[str], float | None]:
+    """A parser of a float (`none`/`null`/`off` -> None when `allow_none`); `out_of_bounds(value)` says what it must do, or None."""
+
+    def parse(text: str):
+        if allow_none and text.strip().lower() in ("none", "null", "off"):
+            return None
         try:
-            value = int(text)
+            value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
-        return value
-
-    return parse
-
-
-def nonneg_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 0, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        must = out_of_bounds(value)
+        if must:
+            raise argparse.ArgumentTypeError(f"{name} must {must}, got {text!r}")
         return value
 
     return parse
 
 
 def positive_float(name: str, *, allow_none: bool = False, below_one: bool = False, at_least: float | None = None) -> Callable[[str], float | None]:
-    def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null", "off"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+    def out_of_bounds(value: float) -> str | None:
         if not np.isfinite(value) or value <= 0 or (below_one and value >= 1) or (at_least is not None and value < at_least):
-            bound = "in (0, 1)" if below_one else f"a finite number >= {at_least:g}" if at_least is not None else "a positive, finite number"
-            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
-        return value
+            return "be " + ("in (0, 1)" if below_one else f"a finite number >= {at_least:g}" if at_least is not None else "a positive, finite number")
+        return None
 
-    return parse
+    return _number(name, allow_none, "a number", out_of_bounds)
 
 
 def fraction(name: str, *, allow_none: bool = False) -> Callable[[str], float | None]:
-    def parse(text: str):
-        if allow_none and text.strip().lower() in ("none", "null", "off"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1], got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must lie in [0, 1], got {text!r}")
-        return value
-
-    return parse
+    return _number(name, allow_none, "a number in [0, 1]", lambda value: None if 0.0 <= value <= 1.0 else "lie in [0, 1]")
 
 
 # --------------------------------------------------------------------------- files
 
 
-def existing_file(path, flag: str) -> Path:
+def _existing(path, flag: str, is_kind: Callable[[Path], bool], kind: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise ECOSInputError(f"{flag} {path} does not exist.")
-    if not p.is_file():
-        raise ECOSInputError(f"{flag} {path} is not a file.")
+    if not is_kind(p):
+        raise ECOSInputError(f"{flag} {path} is not a {kind}.")
     return p
+
+
+def existing_file(path, flag: str) -> Path:
+    return _existing(path, flag, Path.is_file, "file")
 
 
 def existing_dir(path, flag: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ECOSInputError(f"{flag} {path} does not exist.")
-    if not p.is_dir():
-        raise ECOSInputError(f"{flag} {path} is not a folder.")
-    return p
+    return _existing(path, flag, Path.is_dir, "folder")
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
@@ -176,27 +176,6 @@ def write_bytes_atomic(path, data: bytes) -> Path:
 
 def write_json_atomic(path, obj) -> Path:
     return atomic.write_json_atomic(obj, path)
-
-
-def replace_dir(build: Callable[[Path], None], target: Path) -> Path:
-    """Build a folder under a temporary name next to `target`, then swap it in (the old one goes only afterwards)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    old = None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        build(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def read_message(path, cls, flag: str, check: Callable | None = None):
@@ -237,23 +216,6 @@ def sha1_indices(indices: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------- images
-
-
-def list_images(folder: Path, flag: str) -> list[str]:
-    """Every image under `folder` (any depth; symlinked folders are not entered), as sorted "/"-separated relative paths.
-
-    Hidden entries are skipped; an entry that cannot be read is skipped with a warning naming it
-    (`list_entries`, the `folders` data source's listing).
-    """
-    from ecos_pl.data.folders import list_entries
-
-    found, todo = [], [""]
-    while todo:
-        rel = todo.pop()
-        dirs, files = list_entries(folder / rel if rel else folder, flag, follow_dir_links=False)
-        found += [f"{rel}{f}" for f in files]
-        todo += [f"{rel}{d}/" for d in dirs]
-    return sorted(found)
 
 
 # A list of image paths is text, one path a line, as people write it; a path that a line cannot
@@ -308,26 +270,6 @@ def read_list(path, flag: str, root: Path) -> list[str]:
     return paths
 
 
-def require_images(paths: list[str], flag: str, root: Path) -> list[str]:
-    if not paths:
-        raise ECOSInputError(f"{flag} {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return paths
-
-
-def decode_images(root: Path, paths: list[str], size: int, flag: str) -> tuple[np.ndarray, list[str]]:
-    """uint8 [N, size, size, 3] decoded exactly as the `folders` data source does; undecodable files skipped with a warning."""
-    from ecos_pl.data.folders import decode_all
-
-    images, ok, failed = decode_all(root, require_images(paths, flag, root), size)
-    for path, reason in failed[:20]:
-        warnings.warn(f"skipping {path} under {root}: it cannot be decoded as an image ({reason}).", stacklevel=2)
-    if len(failed) > 20:
-        warnings.warn(f"skipped {len(failed) - 20} more undecodable files under {root}.", stacklevel=2)
-    if not ok.any():
-        raise ECOSInputError(f"{flag} {root} holds no image that can be decoded.")
-    return images[ok], [p for p, k in zip(paths, ok) if k]
-
-
 def check_image_size(size: int | None) -> int | None:
     from ecos_pl.phi import check_phi_image_size
 
@@ -365,83 +307,12 @@ def build_phi(config: dict, flag: str = "--phi"):
         raise ECOSInputError(f"{flag}: φ {config.get('_target_')} cannot be built: {_one_line(cause)}") from None
 
 
-def _probe_images(size: int) -> np.ndarray:
-    return np.random.default_rng(20221024).integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
-
-
-def phi_file_bytes(phi, image_size: int) -> bytes:
-    """φ as one safetensors file of data only: its spec, state tensors, image size, fingerprint and a probe."""
-    import torch
-    from safetensors.torch import save
-
-    from ecos_pl.phi import check_phi_image_size, check_phi_spec
-
-    spec = check_phi_spec(phi.spec())  # what the client will accept
-    check_phi_image_size(image_size, "--image-size")
-    tensors = phi.state_tensors()
-    tensors["probe.features"] = torch.from_numpy(phi.transform(_probe_images(image_size)))
-    meta = {"format": PHI_FORMAT, "spec": spec, "image_size": int(image_size), "fingerprint": phi.fingerprint()}
-    return save(tensors, metadata={"ecos_phi": json.dumps(meta)})
-
-
-def _phi_file_parts(p: Path, flag: str, path) -> tuple[dict, int, str, dict]:
-    """(spec, image size, fingerprint, tensor shapes) from a φ file's header; no tensor is read yet."""
-    from safetensors import safe_open
-
-    from ecos_pl.phi import spec_from_config
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["ecos_phi"])
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-        if not isinstance(meta, dict) or meta.get("format") not in (PHI_FORMAT, PHI_FORMAT_1):
-            raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else None!r}")
-        fingerprint, image_size = meta["fingerprint"], meta["image_size"]
-    except Exception as err:  # noqa: BLE001 - not a safetensors file, or not ours
-        raise ECOSInputError(f"{flag} {path} is not a φ file written by ecos-cloud ({type(err).__name__}).") from None
-    # format 1 named φ's class in a Hydra config; it is read as data, against the same allow-list
-    spec = meta.get("spec") if meta["format"] == PHI_FORMAT else spec_from_config(meta.get("config"))
-    return spec, image_size, str(fingerprint), shapes
-
-
 def load_phi(path, flag: str = "--phi"):
-    """(φ, its image size) from a φ file: data only, rebuilt by its kind's constructor, every field bounded first.
+    """(φ, its image size) from the φ file `path` named by `flag` (`ecos_pl.phi_file.load_phi_file`)."""
+    from ecos_pl.phi_file import load_phi_file
 
-    Nothing in the file is imported, called or unpickled. The rebuilt φ must have the
-    saved fingerprint and compute the saved features of the probe images.
-    """
-    from safetensors import safe_open
-
-    from ecos_pl.phi import check_phi_image_size, phi_from_spec
-
-    p = existing_file(path, flag)
-    try:
-        spec, image_size, fingerprint, shapes = _phi_file_parts(p, flag, path)
-        image_size = check_phi_image_size(image_size)  # before anything is allocated for it
-        shapes.pop("probe.features", None)
-        phi = phi_from_spec(spec, state_shapes=shapes)
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # noqa: BLE001 - a header that parses over a damaged body
-            raise ECOSInputError(f"its tensors cannot be read ({type(err).__name__}).") from None
-        probe = tensors.pop("probe.features", None)
-        phi.load_state_tensors(tensors, image_size)
-    except ECOSInputError as err:
-        raise ECOSInputError(f"{flag} {path}: {err}") from None
-    if phi.fingerprint() != fingerprint:
-        raise ECOSInputError(f"{flag} {path} does not rebuild the φ it was saved from (fingerprint {phi.fingerprint()} != {fingerprint}).")
-    # a sanity check of the weights, tolerant of device arithmetic (the cloud may have run φ on a GPU, in TF32)
-    try:
-        features = phi.transform(_probe_images(image_size))
-    except Exception as err:  # noqa: BLE001 - e.g. a network too deep for images this small
-        raise ECOSInputError(f"{flag} {path}: its φ cannot compute features of {image_size}-pixel images ({_one_line(err)[:160]}).") from None
-    if probe is None or tuple(probe.shape) != features.shape:
-        raise ECOSInputError(f"{flag} {path}: its probe features do not match its φ (shape {None if probe is None else tuple(probe.shape)}).")
-    cosine = np.sum(features * probe.numpy(), axis=1)
-    if not (cosine > 0.999).all():
-        raise ECOSInputError(f"{flag} {path}: the rebuilt φ computes different features than the cloud's on its probe images.")
-    return phi, image_size
+    existing_file(path, flag)
+    return load_phi_file(path, flag)
 
 
 # --------------------------------------------------------------------------- privacy lines

@@ -1,8 +1,14 @@
-"""The one shape every data source returns, so samplers and scenarios never care where images came from."""
+"""The one shape every data source returns (`ECOSData`), and what a data source is (`DataSource`).
+
+Samplers and scenarios never care where images came from: a source is anything Hydra builds
+from `conf/data/<name>.yaml`'s `source:` whose `load()` gives an `ECOSData`.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -66,3 +72,39 @@ class ECOSData:
     def pool_in_domain(self) -> np.ndarray:
         """Boolean mask over the pool: True where a sample comes from the client's domain."""
         return self.pool.domains == self.client_domain_index
+
+
+def split_counts(splits: dict[str, DomainSplit], domain_names: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {domain: count (domains with samples only), "total": count}}: what `ECOSData.meta["counts"]` holds."""
+    counts = {}
+    for s, part in splits.items():
+        per_domain = np.bincount(part.domains, minlength=len(domain_names))
+        counts[s] = {d: int(c) for d, c in zip(domain_names, per_domain) if c} | {"total": len(part)}
+    return counts
+
+
+class DataSource(ABC):
+    """What the datamodule (`ECOSDataModule.source`) and the simulated teacher rely on in a data source.
+
+    * `name`: the benchmark's name, a class attribute (also `ECOSData.name`).
+    * `load()`: the data as an `ECOSData` (pool, client train, client test), built or read
+      from the source's cache; called more than once (`prepare_data`, then `setup`), it gives
+      the same data. Checks of the settings happen in the constructor (one `ECOSInputError`),
+      so a bad setting fails before anything is built or written.
+    * `cache_dir`: where the source caches what it builds (None: its default, or no cache).
+
+    An on-disk source (`ecos_pl.data.on_disk.OnDiskSource`) puts its decode-cache key in
+    `ECOSData.meta["data_key"]`; the datamodule keys its caches by it instead of hashing pixels.
+    """
+
+    name: ClassVar[str]
+    cache_dir: object = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "name", None), str):
+            raise TypeError(f"data source {cls.__qualname__} must name itself: a class attribute `name` (a str).")
+
+    @abstractmethod
+    def load(self) -> ECOSData:
+        """The data (pool, client train, client test)."""

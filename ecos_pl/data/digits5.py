@@ -26,23 +26,22 @@ from __future__ import annotations
 import numpy as np
 
 from ecos_pl.data.base import NONE_LABEL
-from ecos_pl.data.folders import (
+from ecos_pl.data.images import DomainFiles, scan_domain
+from ecos_pl.data.on_disk import OnDiskSource
+from ecos_pl.data.splits import (
     _KEY_CAP,
     _KEY_CARVE,
-    DomainFiles,
-    OnDiskSource,
     PathSplits,
     SplitBuilder,
     cap_images,
     carve_client,
     check_client_domain,
+    check_domain_folders,
     check_fraction,
     check_label_space,
     check_max_per_domain,
-    check_root,
     check_seed,
     rng_for,
-    scan_domain,
 )
 from ecos_pl.protocol.errors import ECOSInputError
 
@@ -77,10 +76,7 @@ def split_digits5(
     test_fraction = check_fraction(test_fraction, "test_fraction")
     seed = check_seed(seed)
     max_per_domain = check_max_per_domain(max_per_domain)
-    root = check_root(root)
-    missing = [f"{d}/" for d in DOMAINS if not (root / d).is_dir()]
-    if missing:
-        raise ECOSInputError(f"data.root={str(root)!r} lacks the Digits-5 folder(s) {', '.join(missing)}; {LAYOUT}.")
+    root = check_domain_folders(root, DOMAINS, "Digits-5", LAYOUT)
     scanned = {d: _scan(root, d) for d in DOMAINS}
     empty = [f"{f.folder}/" for d in DOMAINS for _, f in scanned[d] if not f.n_images]
     if empty:
@@ -139,12 +135,9 @@ class Digits5(OnDiskSource):
         max_per_domain: int | None = None,
         test_fraction: float = 0.2,
     ):
-        self.client_domain = check_client_domain(client_domain, DOMAINS, "of Digits-5")
-        self.seed = check_seed(seed)
-        self.max_per_domain = check_max_per_domain(max_per_domain)
+        super().__init__(root, client_domain, seed=seed, image_size=image_size, cache_dir=cache_dir, max_per_domain=max_per_domain,
+                         domains=DOMAINS, where="of Digits-5")
         self.test_fraction = check_fraction(test_fraction, "test_fraction")
-        super().__init__(image_size, cache_dir)
-        self.root = root
 
     def split(self) -> PathSplits:
         return split_digits5(self.root, self.client_domain, self.seed, self.test_fraction, self.max_per_domain)

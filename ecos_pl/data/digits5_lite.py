@@ -25,10 +25,7 @@ Bump `VERSION` whenever the recipe changes, so stale caches are not reused.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import time
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,14 +33,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from ecos_pl.atomic import clean_dead_temporaries, move_aside, write_atomic
-from ecos_pl.data.base import DomainSplit, ECOSData
+from ecos_pl.data.base import DataSource, DomainSplit, ECOSData, split_counts
 from ecos_pl.data.digits5 import DOMAINS
-from ecos_pl.data.digits_lite import _default_cache_dir, _hsv_to_rgb, _photo_crops, _stratified_order, _to_uint8, _upscale
-from ecos_pl.data.folders import check_client_domain, check_seed
+from ecos_pl.data.digits_lite import _hsv_to_rgb, _photo_crops, _to_uint8, _upscale
+from ecos_pl.data.npz_cache import cache_folder, cached_npz
+from ecos_pl.data.splits import check_client_domain, check_seed, stratified_order
 from ecos_pl.protocol.errors import ECOSInputError, check_count
-
-log = logging.getLogger(__name__)
 
 #: bump when the recipe changes; it is part of the cache file name and of the recipe stored inside.
 VERSION = 1
@@ -263,15 +258,15 @@ def _render(domain: str, digits, labels: np.ndarray, rng: np.random.Generator, s
 
 def _partition(seed: int, mnist_labels: np.ndarray, uci_labels: np.ndarray, train: int, test: int) -> dict:
     """{(domain, part): indices into the domain's real dataset} (None for printed domains), class-stratified."""
-    order = _stratified_order(mnist_labels, _rng(seed, _KEY_MNIST))
+    order = stratified_order(mnist_labels, _rng(seed, _KEY_MNIST))
     # alternate along a stratified order: both halves keep the class balance and share no digit
     halves = {"mnist": order[0::2], "mnistm": order[1::2]}
-    halves["usps"] = _stratified_order(uci_labels, _rng(seed, _KEY_UCI))
+    halves["usps"] = stratified_order(uci_labels, _rng(seed, _KEY_UCI))
     parts = {}
     for domain, idx in halves.items():
         # re-stratify the half so that its test prefix and train chunk are balanced too
         labels = (mnist_labels if domain != "usps" else uci_labels)[idx]
-        idx = idx[_stratified_order(labels, _rng(seed, _KEY_MNIST, DOMAIN_NAMES.index(domain)))]
+        idx = idx[stratified_order(labels, _rng(seed, _KEY_MNIST, DOMAIN_NAMES.index(domain)))]
         parts[(domain, "test")], parts[(domain, "train")] = idx[:test], idx[test : test + train]
     return parts
 
@@ -319,46 +314,14 @@ def _check_arrays(arrays: dict[str, np.ndarray], train: int, test: int) -> None:
                 raise ValueError(f"{domain}/{part}: labels or source indices malformed")
 
 
-def _load_cache(path: Path, recipe: str, train: int, test: int) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None; a damaged entry is moved aside (with a `CacheWarning`) and rebuilt."""
-    try:
-        st = os.stat(path)
-    except OSError:  # missing, or the cache folder is not a folder: built (and not written) below
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if str(arrays.pop("recipe")) != recipe:
-            raise ValueError("its recipe is not this one")
-        _check_arrays(arrays, train, test)
-        return arrays
-    except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt, never fatal
-        move_aside(path, f"{NAME}: {err!r}", expected=st)
-        return None
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe: str) -> None:
-    try:
-        write_atomic(path, lambda f: np.savez(f, recipe=np.array(recipe), **arrays))
-    except OSError as err:  # a read-only cache directory costs a rebuild next time, not the run
-        warnings.warn(f"could not write the {NAME} cache {path} ({err!r}); continuing without it.", stacklevel=3)
-
-
 def domain_arrays(seed: int = 1, cache_dir=None, train_per_domain: int = TRAIN_PER_DOMAIN,
                   test_per_domain: int = TEST_PER_DOMAIN) -> tuple[dict[str, np.ndarray], Path]:
     """Every domain's parts (`<domain>_<part>_{images,labels,source}`), built or read from the cache."""
     seed = check_seed(seed)
     train, test = _check_sizes(train_per_domain, test_per_domain)
-    folder = _default_cache_dir() if cache_dir is None else Path(os.path.expandvars(str(cache_dir))).expanduser()
-    path = folder / f"{NAME}-v{VERSION}-seed{seed}-tr{train}-te{test}.npz"
-    recipe = _recipe(seed, train, test)
-    clean_dead_temporaries(folder)
-    arrays = _load_cache(path, recipe, train, test)
-    if arrays is None:
-        t0 = time.perf_counter()
-        arrays = _build_arrays(seed, train, test)
-        log.info("built %s (seed=%d) in %.1f s", NAME, seed, time.perf_counter() - t0)
-        _save_cache(path, arrays, recipe)
+    path = cache_folder(cache_dir) / f"{NAME}-v{VERSION}-seed{seed}-tr{train}-te{test}.npz"
+    arrays = cached_npz(path, _recipe(seed, train, test), lambda: _build_arrays(seed, train, test),
+                        lambda a: _check_arrays(a, train, test), NAME)
     return arrays, path
 
 
@@ -380,10 +343,7 @@ def _assemble(arrays: dict[str, np.ndarray], seed: int, client_domain: str, trai
             images, labels, domains, src = images[perm], labels[perm], domains[perm], src[perm]
         splits[split] = DomainSplit(np.ascontiguousarray(images), labels, domains)
         source[split] = src
-    counts = {}
-    for s in _SPLITS:
-        per_domain = np.bincount(splits[s].domains, minlength=len(DOMAIN_NAMES))
-        counts[s] = {name: int(k) for name, k in zip(DOMAIN_NAMES, per_domain) if k} | {"total": len(splits[s])}
+    counts = split_counts({s: splits[s] for s in _SPLITS}, DOMAIN_NAMES)
     meta = {
         "version": VERSION,
         "seed": seed,
@@ -415,7 +375,7 @@ def build_digits5_lite(seed: int = 1, client_domain: str = "mnistm", cache_dir=N
     return _assemble(arrays, seed, client_domain, train, test, path)
 
 
-class Digits5Lite:
+class Digits5Lite(DataSource):
     """Config-friendly wrapper (Hydra instantiates it; `load()` does the work, once)."""
 
     name = NAME

@@ -24,22 +24,18 @@ pool of 4,480 images of which 376 (8.4%) are in the client's domain.
 from __future__ import annotations
 
 import json
-import logging
 import numbers
 import os
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ecos_pl.data.base import NONE_LABEL, DomainSplit, ECOSData
+from ecos_pl.data.base import NONE_LABEL, DataSource, DomainSplit, ECOSData, split_counts
+from ecos_pl.data.npz_cache import cache_folder, cached_npz
+from ecos_pl.data.splits import stratified_order
 from ecos_pl.protocol.errors import ECOSInputError
-
-log = logging.getLogger(__name__)
 
 #: bump when the recipe changes; it is part of the cache file name.
 VERSION = 2
@@ -104,25 +100,12 @@ def _check_inputs(seed, client_domain, image_size) -> tuple[int, str, int]:
     return int(seed), client_domain, int(image_size)
 
 
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("ECOS_CACHE", Path.home() / ".cache" / "ecos-pl")) / "data"
-
-
 # --------------------------------------------------------------------------- partition
-
-
-def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An order whose every prefix and contiguous chunk has nearly the class balance of the whole."""
-    key = np.empty(len(labels))
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        key[idx] = (rng.permutation(len(idx)) + rng.random(len(idx))) / len(idx)
-    return np.argsort(key, kind="stable")
 
 
 def _partition(labels: np.ndarray, seed: int, client_domain: str) -> dict:
     """Underlying digit indices per (domain, part); parts of the client domain are test/train/pool."""
-    order = _stratified_order(labels, _rng(seed, _KEY_PARTITION))
+    order = stratified_order(labels, _rng(seed, _KEY_PARTITION))
     n_client = int(round(CLIENT_DOMAIN_FRACTION * len(labels)))
     n_test = int(round(CLIENT_TEST_FRACTION * n_client))
     n_train = int(round(CLIENT_TRAIN_FRACTION * n_client))
@@ -320,41 +303,9 @@ def _renders(client_train_renders) -> dict[str, int]:
     return {**RENDERS, "client_train": int(client_train_renders)}
 
 
-def _load_cache(path: Path, recipe: str) -> dict[str, np.ndarray] | None:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if str(arrays.pop("recipe")) != recipe:
-            raise ValueError("recipe mismatch")
-        _assemble(arrays, json.loads(recipe), None)  # validates shapes and dtypes
-        return arrays
-    except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt, never fatal
-        warnings.warn(f"digits_lite cache {path} is unreadable ({e!r}); rebuilding it.", stacklevel=3)
-        return None
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe: str) -> None:
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".npz.tmp") as f:
-            tmp = f.name
-            np.savez(f, recipe=np.array(recipe), **arrays)
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only cache directory costs a rebuild next time, not the run
-        warnings.warn(f"could not write digits_lite cache {path} ({e!r}); continuing without it.", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _assemble(arrays: dict[str, np.ndarray], recipe: dict, cache_path: Path | None) -> ECOSData:
     splits = {s: DomainSplit(arrays[f"{s}_images"], arrays[f"{s}_labels"], arrays[f"{s}_domains"]) for s in _SPLITS}
-    counts = {}
-    for s in _SPLITS:
-        per_domain = np.bincount(splits[s].domains, minlength=len(DOMAIN_NAMES))
-        counts[s] = {name: int(c) for name, c in zip(DOMAIN_NAMES, per_domain) if c} | {"total": len(splits[s])}
+    counts = split_counts(splits, DOMAIN_NAMES)
     meta = {
         "version": recipe["version"],
         "seed": recipe["seed"],
@@ -394,19 +345,16 @@ def build_digits_lite(
     """
     seed, client_domain, image_size = _check_inputs(seed, client_domain, image_size)
     renders = _renders(client_train_renders)
-    cache_dir = _default_cache_dir() if cache_dir is None else Path(cache_dir)
-    path = cache_dir / f"digits_lite-v{VERSION}-seed{seed}-{client_domain}-{image_size}-ct{renders['client_train']}.npz"
+    path = cache_folder(cache_dir) / f"digits_lite-v{VERSION}-seed{seed}-{client_domain}-{image_size}-ct{renders['client_train']}.npz"
     recipe = _recipe(seed, client_domain, image_size, renders)
-    arrays = _load_cache(path, recipe)
-    if arrays is None:
-        t0 = time.perf_counter()
-        arrays = _build_arrays(seed, client_domain, image_size, renders)
-        log.info("built digits_lite (seed=%d, client=%s) in %.1f s", seed, client_domain, time.perf_counter() - t0)
-        _save_cache(path, arrays, recipe)
+    arrays = cached_npz(
+        path, recipe, lambda: _build_arrays(seed, client_domain, image_size, renders),
+        lambda a: _assemble(a, json.loads(recipe), None), "digits_lite",  # _assemble validates shapes and dtypes
+    )
     return _assemble(arrays, json.loads(recipe), path)
 
 
-class DigitsLite:
+class DigitsLite(DataSource):
     """Config-friendly wrapper (Hydra instantiates it; `load()` does the work)."""
 
     name = "digits_lite"

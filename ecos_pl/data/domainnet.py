@@ -28,26 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import numpy as np
-
-from ecos_pl.data.base import NONE_LABEL
-from ecos_pl.data.folders import (
-    _KEY_CAP,
-    _KEY_CARVE,
-    OnDiskSource,
-    PathSplits,
-    SplitBuilder,
-    cap_images,
-    carve_client,
-    check_client_domain,
-    check_fractions,
-    check_label_space,
-    check_max_per_domain,
-    check_root,
-    check_seed,
-    rng_for,
-    scan_domain,
-)
+from ecos_pl.data.images import scan_domain
+from ecos_pl.data.on_disk import OnDiskSource
+from ecos_pl.data.splits import PathSplits, split_client_domain
+from ecos_pl.data.splits import check_client_domain, check_domain_folders, check_fractions, check_label_space, check_max_per_domain, check_seed
 from ecos_pl.protocol.errors import ECOSInputError
 
 DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -87,10 +71,7 @@ def split_domainnet(
     seed = check_seed(seed)
     max_per_domain = check_max_per_domain(max_per_domain)
     wanted = resolve_classes(classes)
-    root = check_root(root)
-    missing = [f"{d}/" for d in DOMAINS if not (root / d).is_dir()]
-    if missing:
-        raise ECOSInputError(f"data.root={str(root)!r} lacks the DomainNet folder(s) {', '.join(missing)}; {LAYOUT}.")
+    root = check_domain_folders(root, DOMAINS, "DomainNet", LAYOUT)
     scanned = {d: scan_domain(root, d, d, wanted) for d in DOMAINS}
     if wanted is None:
         class_names = sorted(scanned[client_domain].classes)
@@ -107,26 +88,14 @@ def split_domainnet(
                 f"{', '.join(absent[:3])}{more}; {LAYOUT}."
             )
 
-    builder = SplitBuilder(list(DOMAINS))
-    for k, domain in enumerate(DOMAINS):
-        paths, labels = scanned[domain].labelled(class_names)
-        keep = cap_images(labels, max_per_domain, rng_for(seed, _KEY_CAP + k))
-        paths, labels = [paths[i] for i in keep], labels[keep]
-        if domain != client_domain:
-            builder.add("pool", paths, labels, domain)
-            continue
-        inside = np.flatnonzero(labels != NONE_LABEL)
-        test, train, rest = carve_client(labels[inside], client_fraction, test_fraction, rng_for(seed, _KEY_CARVE), client_domain=client_domain)
-        for split, idx in (("client_test", inside[test]), ("client_train", inside[train]), ("pool", inside[rest])):
-            builder.add(split, [paths[i] for i in idx], labels[idx], domain)
-        outside = np.flatnonzero(labels == NONE_LABEL)
-        builder.add("pool", [paths[i] for i in outside], labels[outside], domain)
     params = {
         "classes": classes if isinstance(classes, str) else list(class_names),
         "client_fraction": client_fraction, "test_fraction": test_fraction, "seed": seed, "max_per_domain": max_per_domain,
     }
-    return builder.build(name="domainnet", root=root, class_names=class_names, client_domain=client_domain, seed=seed, params=params)
-
+    return split_client_domain(
+        [scanned[d] for d in DOMAINS], client_domain, class_names, client_fraction=client_fraction, test_fraction=test_fraction,
+        seed=seed, max_per_domain=max_per_domain, name="domainnet", root=root, params=params,
+    )
 
 class DomainNet(OnDiskSource):
     """Config-friendly DomainNet source (see the module docstring); `load()` decodes (or reads the cache)."""
@@ -145,14 +114,11 @@ class DomainNet(OnDiskSource):
         cache_dir=None,
         max_per_domain: int | None = None,
     ):
-        self.client_domain = check_client_domain(client_domain, DOMAINS, "of DomainNet")
+        check_client_domain(client_domain, DOMAINS, "of DomainNet")
         self.client_fraction, self.test_fraction = check_fractions(client_fraction, test_fraction)
-        self.seed = check_seed(seed)
-        self.max_per_domain = check_max_per_domain(max_per_domain)
+        super().__init__(root, client_domain, seed=seed, image_size=image_size, cache_dir=cache_dir, max_per_domain=max_per_domain)
         resolve_classes(classes)
         self.classes = classes if isinstance(classes, str) else [str(c) for c in classes]
-        super().__init__(image_size, cache_dir)
-        self.root = root
 
     def split(self) -> PathSplits:
         return split_domainnet(
