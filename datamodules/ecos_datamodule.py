@@ -73,6 +73,12 @@ class ECOSDataModule(pl.LightningDataModule):
         self.proxy_targets: np.ndarray | None = None
         self.proxy_set_sha1_per_rank: list[str] = []
 
+    @classmethod
+    def from_parts(cls, source, phi, sampler, *, batch_size: int = 64, eval_batch_size: int = 256, num_workers: int = 0,
+                   **pipeline) -> "ECOSDataModule":
+        """Without Hydra: the pipeline's parts and settings (`ProtocolPipeline`'s keywords), and the loaders'."""
+        return cls(ProtocolPipeline(source, phi, sampler, **pipeline), batch_size, eval_batch_size, num_workers)
+
     # what the rest of the run reads
     @property
     def data(self):

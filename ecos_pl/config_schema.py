@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
-from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy
+from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy, check_number
 
 #: a schema field's type -> what a user reads
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
@@ -32,21 +32,7 @@ def _whole(key: str, value: int, low: int) -> None:
     check_count(value, key, low=low)
 
 
-def _number(key: str, value: float | None, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
-    """A finite number in the interval [low, high] (open where said); None only when `optional`."""
-    if value is None:
-        if optional:
-            return
-        raise ECOSInputError(f"{key} must be a number, got null.")
-    bad = not math.isfinite(value)
-    bad |= low is not None and (value <= low if low_open else value < low)
-    bad |= high is not None and (value >= high if high_open else value > high)
-    if bad:
-        lo = "-∞" if low is None else f"{low:g}"
-        hi = "∞" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ECOSInputError(f"{key} must be a finite number in {interval}, got {value!r}.")
+_number = check_number
 
 
 def _one_of(key: str, value: str, options: tuple[str, ...]) -> None:

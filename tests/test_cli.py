@@ -314,23 +314,10 @@ def test_images_phi_file_and_phi_checks(tmp_path):
     assert (tmp_path / "s3.ecos").read_bytes() == (tmp_path / "s.ecos").read_bytes()
     # labels from class folders
     ok(cloud.main, "proxy-features", "--state", tmp_path / "cloud1", "--proxy", tmp_path / "proxy.json", "--out", tmp_path / "pf.ecos")
-    out = ok(client.main, "label", "--proxy-features", tmp_path / "pf.ecos", "--phi", tmp_path / "cloud1/phi.safetensors",
+    out = ok(client.main, "label", "--proxy-features", tmp_path / "pf.ecos", "--phi", tmp_path / "cloud1/label_phi.safetensors",
              "--images", tmp_path / "mine", "--k", 5, "--sigma", "none", "--out", tmp_path / "labels.ecos")
-    assert "0=a, 1=b" in out and "ε = ∞" in out
-
-
-def test_programs_default_to_train_py_sampler_settings():
-    """The programs take ECOSSampler's defaults; they must be train.py's config, or the walkthrough drifts."""
-    import inspect
-
-    from hydra import compose, initialize_config_dir
-
-    from ecos_pl.protocol.samplers import ECOSSampler
-
-    defaults = {k: p.default for k, p in inspect.signature(ECOSSampler).parameters.items()}
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
-        cfg = compose("train")
-    for key, value in cfg.sampler.items():
-        if key != "_target_":
-            assert defaults[key] == value, key
-    assert defaults["n_centroids"] == cfg.n_centroids
+    assert "0=a, 1=b" in out and "ε = ∞" in out and "HOGFeatures" in out  # the vote is in the labelling φ the cloud sent
+    # the protocol's φ is refused for proxy features that came in the labelling φ
+    with pytest.raises(AssertionError, match="another φ"):
+        ok(client.main, "label", "--proxy-features", tmp_path / "pf.ecos", "--phi", tmp_path / "cloud1/phi.safetensors",
+           "--images", tmp_path / "mine", "--k", 5, "--out", tmp_path / "labels2.ecos")

@@ -46,7 +46,7 @@ def test_every_default_configuration_is_valid(scenario, sampler):
         ("sampler.radius_quantile=1.5", "sampler.radius_quantile must be a finite number in (0, 1], got 1.5."),
         ("sampler.send_radii=maybe", "sampler.send_radii must be true or false, got 'maybe'."),
         ("datamodule.batch_size=0", "datamodule.batch_size must be at least 1, got 0."),
-        ("datamodule.feature_dtype=int8", "datamodule.feature_dtype='int8' is not one of: auto, float32, float16."),
+        ("datamodule.pipeline.feature_dtype=int8", "datamodule.pipeline.feature_dtype='int8' is not one of: auto, float32, float16."),
         ("trainer.max_epochs=1", "trainer.max_epochs=1 has no effect under scenario.train_length=budget"),
     ],
 )

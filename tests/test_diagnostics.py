@@ -38,7 +38,7 @@ def _cache_dir(tmp_path_factory) -> Path:
 
 
 def _datamodule(tmp_path_factory, sampler: str, **kwargs) -> ECOSDataModule:
-    dm = ECOSDataModule(
+    dm = ECOSDataModule.from_parts(
         DigitsLite(seed=1, cache_dir=_cache_dir(tmp_path_factory)), PCAPixels(n_components=16, seed=1),
         make_sampler(sampler, **kwargs), budget=BUDGET, seed=1, batch_size=32,
     )

@@ -167,7 +167,7 @@ def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path):
     from ecos_pl.protocol.samplers import ECOSSampler
 
     def run(cache_dir, cache_features=True, predict=False):
-        dm = ECOSDataModule(
+        dm = ECOSDataModule.from_parts(
             DigitsLite(seed=1, cache_dir=str(tmp_path / "data")), PCAPixels(n_components=32, seed=1),
             ECOSSampler(n_centroids=16), budget=100, seed=1, cache_dir=cache_dir, reuse_selection=False,
             cache_features=cache_features,
@@ -181,13 +181,13 @@ def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path):
     miss = run(str(tmp_path / "c"))
     hit = run(str(tmp_path / "c"))
     predicted = run(str(tmp_path / "p"), predict=True)
-    assert not miss.feature_cache_info["hit"] and hit.feature_cache_info["hit"]
-    assert predicted.feature_cache_info["via"] == "trainer.predict" and not predicted.feature_cache_info["hit"]
-    assert run(str(tmp_path / "p"), predict=True).feature_cache_info["hit"]  # cached: predict does not run again
-    assert plain.feature_cache_info is None and run(str(tmp_path / "c"), cache_features=False).feature_cache_info is None
+    assert not miss.pipeline.feature_cache_info["hit"] and hit.pipeline.feature_cache_info["hit"]
+    assert predicted.pipeline.feature_cache_info["via"] == "trainer.predict" and not predicted.pipeline.feature_cache_info["hit"]
+    assert run(str(tmp_path / "p"), predict=True).pipeline.feature_cache_info["hit"]  # cached: predict does not run again
+    assert plain.pipeline.feature_cache_info is None and run(str(tmp_path / "c"), cache_features=False).pipeline.feature_cache_info is None
     for dm in (miss, hit, predicted):
         np.testing.assert_array_equal(dm.selection.indices, plain.selection.indices)
-        np.testing.assert_array_equal(dm.pool_features, plain.pool_features)
+        np.testing.assert_array_equal(dm.pipeline.pool_features, plain.pipeline.pool_features)
 
 
 def test_phi_is_fitted_once_and_before_predict(tmp_path, images):
@@ -211,10 +211,10 @@ def test_phi_is_fitted_once_and_before_predict(tmp_path, images):
             return super().fit(pool_images)
 
     phi = Counting(Fits(n_components=4, seed=0))
-    dm = ECOSDataModule(Source(), phi, RandomSampler(), budget=10, seed=3, cache_dir=str(tmp_path))
+    dm = ECOSDataModule.from_parts(Source(), phi, RandomSampler(), budget=10, seed=3, cache_dir=str(tmp_path))
     dm.predict_pool_features(_trainer())
     rows = phi.rows
     dm.setup("fit")
     assert fits == [60] and rows == 60 + 1  # one fit; each pool row once (plus the probe row)
-    assert phi.rows == rows + 20  # setup: only the client's split; the pool's features come from the file
-    np.testing.assert_array_equal(dm.pool_features, phi.transform(images[:60]))
+    assert phi.rows == rows  # setup runs no φ: the pool's features come from the file, and random asks the client nothing
+    np.testing.assert_array_equal(dm.pipeline.pool_features, phi.transform(images[:60]))

@@ -48,7 +48,7 @@ class TinySource:
 def datamodule(cache_dir, **kwargs):
     from datamodules import ECOSDataModule
 
-    return ECOSDataModule(TinySource(), PCAPixels(n_components=8, seed=0), ECOSSampler(n_centroids=8), budget=20, seed=1,
+    return ECOSDataModule.from_parts(TinySource(), PCAPixels(n_components=8, seed=0), ECOSSampler(n_centroids=8), budget=20, seed=1,
                           cache_dir=None if cache_dir is None else str(cache_dir), batch_size=16, **kwargs)
 
 
@@ -209,7 +209,7 @@ def clean_selection(tmp_path):
     dm = datamodule(cache)
     dm.setup("fit")
     np.testing.assert_array_equal(dm.selection.indices, reference)
-    return reference, cache, dm.selection_path()
+    return reference, cache, dm.pipeline.selection_path
 
 
 def rerun_warns(cache, path, match) -> np.ndarray:
@@ -250,7 +250,7 @@ def test_an_out_of_range_or_altered_selection_is_moved_aside_and_rebuilt(clean_s
 
 def feature_entry(cache) -> Path:
     dm = datamodule(cache)
-    return fc.cache_entry(cache, dm.fit_phi(), dm.data_id(), "auto")[0]
+    return fc.cache_entry(cache, dm.pipeline.fitted_phi(), dm.pipeline.data_id, "auto")[0]
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -288,7 +288,7 @@ def test_damaged_features_are_moved_aside_and_rebuilt(tmp_path, damage, reason):
     dm = datamodule(cache)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rebuilt entry is whole
-        _, info = fc.cached_features(cache, dm.fit_phi(), dm.load_data().pool.images, data_id=dm.data_id())
+        _, info = fc.cached_features(cache, dm.pipeline.fitted_phi(), dm.load_data().pool.images, data_id=dm.pipeline.data_id)
     assert info["hit"]
 
 

@@ -102,13 +102,16 @@ def test_pseudo_labeller_same_seed_same_labels():
     assert not np.array_equal(a.labels, c.labels)
 
 
-def _request(proxy_labels, feats=None, labels=None, queries=None):
+def _request(proxy_labels, feats=None, labels=None, queries=None, settings=None):
+    """A label round with one client in this process, holding `feats` and `labels` (the exchange is its only way in)."""
+    from ecos_pl.protocol import ECOSClient
+    from ecos_pl.protocol.exchange import InProcessExchange
+
     n = len(proxy_labels)
     proxy = DomainSplit(np.zeros((n, 4, 4, 3), np.uint8), np.asarray(proxy_labels), np.zeros(n, np.int64))
-    return LabelRequest(
-        proxy=proxy, proxy_features=lambda: queries, client_features=lambda: feats,
-        client_labels=labels, num_classes=2, seed=0, score_releases=[],
-    )
+    client = ECOSClient(np.ones((1, 2), np.float32), labeller=None if feats is None else (
+        lambda: PseudoLabeller.from_settings(feats, labels, 2, settings, seed=0)))
+    return LabelRequest(proxy=proxy, proxy_features=lambda: queries, exchange=InProcessExchange([client]), seed=0, score_releases=[])
 
 
 def test_annotators_drop_none_and_count_every_label_bought():
@@ -119,7 +122,8 @@ def test_annotators_drop_none_and_count_every_label_bought():
 
 def test_client_knn_labels_report_accuracy_drops_bytes_and_epsilon():
     feats, labels, queries, q_labels = two_blobs()
-    targets, report = ClientKNNLabels(k=7, sigma=1.0, threshold=0.5, sampling_rate=1.0).assign(_request(q_labels, feats, labels, queries))
+    labeller = ClientKNNLabels(k=7, sigma=1.0, threshold=0.5, sampling_rate=1.0)
+    targets, report = labeller.assign(_request(q_labels, feats, labels, queries, labeller.settings))
     assert report["pseudo_label_acc"] > 0.9
     assert report["labels_dropped"] == int((targets < 0).sum())
     assert report["label_bytes_down"] == HEADER_BYTES + 4 * queries.size
@@ -193,37 +197,37 @@ def test_backbone_settings_reach_the_trained_model():
 
     from omegaconf import OmegaConf
 
-    from ecos_pl.scenarios.labelled import build_labelled
+    from ecos_pl.scenarios import build_module
 
-    cfg = OmegaConf.create({"seed": 1, "scenario": {"lr": 0.1},
+    cfg = OmegaConf.create({"seed": 1, "scenario": {"_target_": "ecos_pl.scenarios.labelled.Labelled", "name": "pseudo_label", "lr": 0.1},
                             "backbone": {"student": "test_resnet", "pretrained": False, "input_size": 48}})
     dm = SimpleNamespace(data=SimpleNamespace(num_classes=3))
-    module, extra = build_labelled(cfg, dm, make_trainer=None)
+    module, extra = build_module(cfg, dm, make_trainer=None)
     assert module.model.input_size == (48, 48) and module.model.num_classes == 3
     assert extra == {"teacher_test_acc": None}
     cfg.backbone.pretrained = "/nonexistent/weights.safetensors"
     with pytest.raises(FileNotFoundError, match="backbone.pretrained="):
-        build_labelled(cfg, dm, make_trainer=None)
+        build_module(cfg, dm, make_trainer=None)
 
 
 def test_training_batches_are_full_and_every_sample_is_seen_across_epochs():
     # labels dropped by a scenario leave any size: a short last batch (1 breaks batch-norm, 2 made seed 2 of
     # pseudo_label diverge) is dropped; shuffling each epoch still reaches the samples it held
-    from datamodules.ecos_datamodule import ECOSDataModule, ImageArrayDataset
-
-    dm = ECOSDataModule.__new__(ECOSDataModule)
-    dm.batch_size, dm.eval_batch_size, dm.seed, dm.num_workers = 4, 8, 1, 0
+    from datamodules.ecos_datamodule import ImageArrayDataset, make_loader
 
     def split(n):
         return DomainSplit(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n), np.zeros(n, np.int64))
 
+    def loader(n, train=True):
+        return make_loader(ImageArrayDataset(split(n)), batch_size=4 if train else 8, train=train, seed=1)
+
     for n in (9, 10):
-        loader = dm._loader(ImageArrayDataset(split(n)), train=True)
-        assert [len(b["image"]) for b in loader] == [4, 4]
-        seen = {int(i) for _ in range(6) for b in loader for i in b["index"]}
+        batches = loader(n)  # one loader: each epoch reshuffles
+        assert [len(b["image"]) for b in batches] == [4, 4]
+        seen = {int(i) for _ in range(6) for b in batches for i in b["index"]}
         assert seen == set(range(n))
-    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split(3)), train=True)] == [3]  # one batch: kept
-    assert [len(b["image"]) for b in dm._loader(ImageArrayDataset(split(10)), train=False)] == [8, 2]
+    assert [len(b["image"]) for b in loader(3)] == [3]  # one batch: kept
+    assert [len(b["image"]) for b in loader(10, train=False)] == [8, 2]
 
 
 def test_mixup_trains_on_convex_mixes_of_two_samples_and_their_targets():

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ecos_pl.cli.common import (
+    program_parser,
+    finish_command,
     add_command,
     decode_images,
     existing_dir,
@@ -249,8 +251,7 @@ def _add_score_privacy(p) -> None:
 
 
 def build_parser():
-    parser = make_parser(PROG, "The client's side of ECOS: answer the cloud with R scores (and, for pseudo_label, labels); nothing else leaves.", EPILOG)
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    parser, sub = program_parser(PROG, "The client's side of ECOS: answer the cloud with R scores (and, for pseudo_label, labels); nothing else leaves.", EPILOG)
 
     p = add_command(sub, "score", "centroids.ecos + your data -> scores.ecos (R numbers up)",
                     "Each of your samples votes for its nearest centroid; the R vote counts, with Gaussian noise calibrated to\n"
@@ -264,8 +265,7 @@ def build_parser():
     _add_score_privacy(p)
     p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
     p.add_argument("--ignore-radii", action="store_true", help="let every sample vote even if the centroids came with radii")
-    p.add_argument("--out", required=True, metavar="scores.ecos")
-    p.set_defaults(func=cmd_score)
+    finish_command(p, cmd_score, out="scores.ecos")
 
     p = add_command(sub, "label", "pseudo_label: proxy_features.ecos + your labelled data -> labels.ecos (B labels up)",
                     "Label each proxy sample by the vote of its k nearest labelled samples of yours, with N(0, σ²) noise on the\n"
@@ -292,8 +292,7 @@ def build_parser():
     p.add_argument("--max-epsilon", type=positive_float("--max-epsilon", allow_none=True), default=None, help="refuse to release if the exchange would cost more (default: no budget)")
     p.add_argument("--scores", metavar="scores.ecos", help="the scores you released earlier, to compose the whole exchange's ε")
     p.add_argument("--seed", type=nonneg_int("--seed"), default=None, help="seed of the noise (reproducible runs only; default: fresh randomness)")
-    p.add_argument("--out", required=True, metavar="labels.ecos")
-    p.set_defaults(func=cmd_label)
+    finish_command(p, cmd_label, out="labels.ecos")
     return parser
 
 

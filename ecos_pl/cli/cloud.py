@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ecos_pl.cli.common import (
-    DEFAULT_IMAGE_SIZE,
+    program_parser,
+    finish_command,
     add_command,
     build_phi,
     check_image_size,
@@ -96,11 +97,12 @@ def _train_defaults() -> dict:
                         return value
         return None
 
-    train = CONF_DIR / "train.yaml"
-    if not train.is_file():  # an installed package without conf/: the values of conf/train.yaml at release
-        return {"seed": 1, "phi": "random_cnn", "label_phi": "hog"}
+    train, folders = CONF_DIR / "train.yaml", OmegaConf.load(CONF_DIR / "data" / "folders.yaml") if CONF_DIR.is_dir() else None
+    if folders is None:  # an installed package without conf/: the values of conf/ at release
+        return {"seed": 1, "phi": "random_cnn", "label_phi": "hog", "client_fraction": 0.5, "test_fraction": 0.2, "image_size": 32}
     return {"seed": int(OmegaConf.load(train).seed), "phi": choice(train, "phi"),
-            "label_phi": choice(CONF_DIR / "scenario" / "pseudo_label.yaml", "phi")}
+            "label_phi": choice(CONF_DIR / "scenario" / "pseudo_label.yaml", "phi"),
+            **{k: folders[k] for k in ("client_fraction", "test_fraction", "image_size")}}
 
 
 DEFAULTS = _train_defaults()
@@ -136,7 +138,7 @@ class CloudState:
     def cloud(self, **allocation) -> ECOSCloud:
         """The same `ECOSCloud` that compressed the pool, with its clustering restored (`allocation`: overrides)."""
         s = self.settings
-        settings = Allocation.from_mapping({**s["allocation"], **{k: v for k, v in allocation.items() if v is not None}})
+        settings = Allocation.from_mapping({**s["allocation"], **allocation})
         cloud = ECOSSampler(Clustering.from_mapping(s["clustering"]), settings).cloud(self.pool_features, s["seed"])
         cloud.clusters, cloud.message = self.clusters, self.centroids
         return cloud
@@ -219,7 +221,7 @@ def _resolve_phi(spec: str | None, seed: int, image_size: int | None, flag: str 
         config = phi_preset(spec, seed)
     except ECOSInputError as err:  # it names --phi
         raise ECOSInputError(str(err).replace("--phi", flag, 1)) from None
-    return build_phi(config, flag), config, image_size or DEFAULT_IMAGE_SIZE, None
+    return build_phi(config, flag), config, image_size or DEFAULTS["image_size"], None
 
 
 def cmd_compress(args) -> int:
@@ -369,7 +371,7 @@ def cmd_select(args) -> int:
             )
         replies.append(msg)
         clients.append(_client_entry(path, msg))
-    cloud = state.cloud(temperature=args.temperature, client_cap=args.client_cap)
+    cloud = state.cloud(client_cap=args.client_cap, **({} if args.temperature is None else {"temperature": args.temperature}))
     temperature = cloud.allocation_settings.temperature
     t0 = time.perf_counter()
     indices = cloud.select(replies, budget)
@@ -546,8 +548,7 @@ examples (a folders tree split as train.py does, then the two parties; files are
 
 
 def build_parser():
-    parser = make_parser(PROG, "The cloud's side of ECOS: compress the pool, turn clients' scores into a proxy set.", EPILOG)
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    parser, sub = program_parser(PROG, "The cloud's side of ECOS: compress the pool, turn clients' scores into a proxy set.", EPILOG)
 
     p = add_command(sub, "compress", "pool -> centroids.ecos (down to the client), phi.safetensors, state/",
                     "Extract φ of every pool image (or take given features), cluster them into R k-means centroids, and write\n"
@@ -565,7 +566,7 @@ def build_parser():
                    "as it is, e.g. one with a newline, as a JSON string; # comments): the pool and its order")
     names = ", ".join(phi_preset_names()) or "random_cnn, pca"
     p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULTS['phi']}, as train.py) or a φ file")
-    p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULT_IMAGE_SIZE}, or the φ file's)")
+    p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULTS['image_size']}, as conf/data/folders.yaml, or the φ file's)")
     p.add_argument("--centroids", "-R", type=positive_int("--centroids"), required=True, metavar="R", help="number of k-means centroids R")
     p.add_argument("--label-phi", metavar="NAME|FILE|none", default=DEFAULTS["label_phi"],
                    help="pseudo_label's labelling φ (a preset or a φ file), fitted on the pool, written as label_phi.safetensors; "
@@ -577,7 +578,7 @@ def build_parser():
     p.add_argument("--temperature", type=positive_float("--temperature"), default=ALLOCATION.temperature, help="τ in b_r ∝ v_r^(1/τ), kept for select (default %(default)s)")
     p.add_argument("--max-points-per-centroid", type=positive_int("--max-points-per-centroid"), default=CLUSTERING.max_points_per_centroid, help="k-means subsample per centroid (default %(default)s)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="where centroids.ecos, phi.safetensors and state/ go")
-    p.set_defaults(func=cmd_compress)
+    finish_command(p, cmd_compress)
 
     p = add_command(sub, "select", "state + scores.ecos of one or more clients -> proxy.json",
                     "Spend the budget where the clients' scores are (their scores summed: one proxy set for the fleet),\n"
@@ -594,16 +595,14 @@ def build_parser():
                    help="no client's scores weigh more than F times the median of the other clients' totals (the samples they "
                         "claim); none (or 0): no cap (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use scores files that carry no tag (nothing checks what they answer)")
-    p.add_argument("--out", required=True, metavar="proxy.json")
-    p.set_defaults(func=cmd_select)
+    finish_command(p, cmd_select, out="proxy.json")
 
     p = add_command(sub, "proxy-features", "pseudo_label: state + proxy.json -> proxy_features.ecos (down to the client)",
                     "Write φ of the selected proxy samples as a message for the client to label (B·d floats + header).",
                     "example:\n  ecos-cloud proxy-features --state cloud --proxy proxy.json --out proxy_features.ecos")
     p.add_argument("--state", required=True, metavar="DIR")
     p.add_argument("--proxy", required=True, metavar="proxy.json")
-    p.add_argument("--out", required=True, metavar="proxy_features.ecos")
-    p.set_defaults(func=cmd_proxy_features)
+    finish_command(p, cmd_proxy_features, out="proxy_features.ecos")
 
     p = add_command(sub, "labels", "pseudo_label: labels.ecos from the client -> proxy_labels.json",
                     "Check the client's labels against the proxy set and join them with its indices and paths.",
@@ -616,8 +615,7 @@ def build_parser():
     p.add_argument("--score-mechanism", choices=("gaussian", "laplace"), default=SCORE_PRIVACY.mechanism, help="how the client privatised its scores (default %(default)s)")
     p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABELLING.delta, help="δ at which ε is reported (default %(default)s)")
     p.add_argument("--allow-untagged", action="store_true", help="use a labels file that carries no tag (nothing checks what it answers)")
-    p.add_argument("--out", required=True, metavar="proxy_labels.json")
-    p.set_defaults(func=cmd_labels)
+    finish_command(p, cmd_labels, out="proxy_labels.json")
 
     p = add_command(sub, "split-folders", "simulation: split a folders tree as train.py does (pool list + client folder)",
                     "Split a <root>/<domain>/<class>/<image> tree with the same function and seed as train.py's `folders` data:\n"
@@ -627,13 +625,13 @@ def build_parser():
                     "example:\n  ecos-cloud split-folders --root tree --client-domain photo --seed 1 --pool-list pool.txt --client-dir client_images")
     p.add_argument("--root", required=True, metavar="TREE")
     p.add_argument("--client-domain", required=True, metavar="DOMAIN")
-    p.add_argument("--client-fraction", type=float, default=0.5, help="share of the client domain's images that the client holds (default %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share kept for the client's test split (default %(default)s)")
+    p.add_argument("--client-fraction", type=float, default=DEFAULTS["client_fraction"], help="share of the client domain's images that the client holds (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"], help="share kept for the client's test split (default %(default)s)")
     p.add_argument("--seed", type=nonneg_int("--seed"), default=DEFAULTS["seed"], help="train.py's seed (default %(default)s)")
     p.add_argument("--max-per-domain", type=positive_int("--max-per-domain"), default=None)
     p.add_argument("--pool-list", required=True, metavar="pool.txt")
     p.add_argument("--client-dir", required=True, metavar="FOLDER")
-    p.set_defaults(func=cmd_split_folders)
+    finish_command(p, cmd_split_folders)
     return parser
 
 

@@ -59,10 +59,23 @@ def make_parser(prog: str, description: str, epilog: str = "") -> ArgumentParser
     )
 
 
+def program_parser(prog: str, description: str, epilog: str):
+    """(the program's parser, its subparsers): a program is a set of commands."""
+    parser = make_parser(prog, description, epilog)
+    return parser, parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
 def add_command(subparsers, name: str, help: str, description: str, epilog: str) -> ArgumentParser:
     return subparsers.add_parser(
         name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def finish_command(parser: ArgumentParser, func: Callable, out: str | None = None) -> None:
+    """A command's last option, `--out FILE` (when it writes one), and the function that runs it."""
+    if out is not None:
+        parser.add_argument("--out", required=True, metavar=out)
+    parser.set_defaults(func=func)
 
 
 def run_program(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

@@ -19,14 +19,21 @@ from typing import Optional
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 
 
-def _in_range(key: str, value, low: float, high: float = math.inf, *, low_open: bool = False, optional: bool = False):
-    if value is None and optional:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {'∞)' if high == math.inf else f'{high:g}]'}"
-        raise ECOSInputError(f"{key} must be a number in {interval}{' or null' if optional else ''}, got {value!r}.")
+def check_number(key: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, optional: bool = False) -> None:
+    """A finite number in the interval [low, high] (open where said); None only when `optional`."""
+    if value is None:
+        if optional:
+            return
+        raise ECOSInputError(f"{key} must be a number, got null.")
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if low_open else value < low))
+    bad = bad or (high is not None and (value >= high if high_open else value > high))
+    if bad:
+        lo = "-∞" if low is None else f"{low:g}"
+        hi = "∞" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ECOSInputError(f"{key} must be a finite number in {interval}, got {value!r}.")
 
 
 class _Settings:
@@ -63,7 +70,7 @@ class Clustering(_Settings):
         check_count(self.n_centroids, f"{self.prefix}n_centroids", low=1)
         check_count(self.niter, f"{self.prefix}niter", low=1)
         check_count(self.max_points_per_centroid, f"{self.prefix}max_points_per_centroid", low=1)
-        _in_range(f"{self.prefix}radius_quantile", self.radius_quantile, 0.0, 1.0)
+        check_number(f"{self.prefix}radius_quantile", self.radius_quantile, low=0.0, high=1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,8 @@ class Allocation(_Settings):
     client_cap: Optional[float] = 2.0
 
     def __post_init__(self):
-        _in_range(f"{self.prefix}temperature", self.temperature, 0.0, low_open=True)
-        _in_range(f"{self.prefix}client_cap", self.client_cap, 1.0, optional=True)
+        check_number(f"{self.prefix}temperature", self.temperature, low=0.0, low_open=True)
+        check_number(f"{self.prefix}client_cap", self.client_cap, low=1.0, optional=True)
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,8 @@ class ScorePrivacy(_Settings):
     def __post_init__(self):
         if self.mechanism not in ("gaussian", "laplace"):
             raise ECOSInputError(f"{self.prefix}mechanism={self.mechanism!r} is not one of: gaussian, laplace.")
-        _in_range(f"{self.prefix}epsilon", self.epsilon, 0.0, low_open=True, optional=True)
-        _in_range(f"{self.prefix}delta", self.delta, 0.0, 1.0, low_open=True)
-        if self.delta >= 1.0:
-            raise ECOSInputError(f"{self.prefix}delta must be below 1, got {self.delta!r}.")
+        check_number(f"{self.prefix}epsilon", self.epsilon, low=0.0, low_open=True, optional=True)
+        check_number(f"{self.prefix}delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.epsilon is not None and self.mechanism == "gaussian":
             from ecos_pl.protocol.privacy import gaussian_sigma
 
@@ -130,11 +135,11 @@ class Labelling(_Settings):
 
     def __post_init__(self):
         check_count(self.k, f"{self.prefix}k", low=1)
-        _in_range(f"{self.prefix}sigma", self.sigma, 0.0, optional=True)
-        _in_range(f"{self.prefix}sampling_rate", self.sampling_rate, 0.0, 1.0, low_open=True)
-        _in_range(f"{self.prefix}threshold", self.threshold, 0.0, 1.0, optional=True)
-        _in_range(f"{self.prefix}screen_sigma", self.screen_sigma, 0.0, low_open=True, optional=True)
-        _in_range(f"{self.prefix}delta", self.delta, 0.0, 1.0, low_open=True)
+        check_number(f"{self.prefix}sigma", self.sigma, low=0.0, low_open=True, optional=True)
+        check_number(f"{self.prefix}sampling_rate", self.sampling_rate, low=0.0, high=1.0, low_open=True)
+        check_number(f"{self.prefix}threshold", self.threshold, low=0.0, high=1.0, optional=True)
+        check_number(f"{self.prefix}screen_sigma", self.screen_sigma, low=0.0, low_open=True, optional=True)
+        check_number(f"{self.prefix}delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
 
     @property
     def accounting(self) -> dict:
