@@ -99,11 +99,13 @@ def test_train_py_prints_one_sentence_exits_2_and_builds_nothing(tmp_path):
     assert not results.exists() and not cache.exists()  # no data were built
 
 
-def test_hydra_full_error_shows_the_traceback(tmp_path):
-    cmd = [sys.executable, "train.py", "budget=0", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**_env(), "HYDRA_FULL_ERROR": "1"})
-    assert proc.returncode == 1
-    assert "Traceback" in proc.stderr and "ECOSInputError: budget must be at least 1, got 0." in proc.stderr
+def test_hydra_full_error_shows_the_traceback(tmp_path, monkeypatch):
+    # HYDRA_FULL_ERROR=1: train.py's main raises the error itself (Hydra prints its traceback, exit code 1)
+    from runs import call_main
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ECOSInputError, match=r"^budget must be at least 1, got 0\.$"):
+        call_main("train", tmp_path, "budget=0")
 
 
 def _env():

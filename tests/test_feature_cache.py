@@ -160,7 +160,7 @@ def test_trainer_predict_that_misses_rows_writes_nothing(tmp_path, images):
     assert list(path.parent.iterdir()) == []
 
 
-def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path):
+def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path, isolated_cache):
     """digits_lite, PCA φ, ECOS: the cached paths (in process, or trainer.predict) select exactly what the uncached path selects."""
     from datamodules import ECOSDataModule
     from ecos_pl.data.digits_lite import DigitsLite
@@ -168,7 +168,7 @@ def test_datamodule_selection_is_unchanged_by_the_cache(tmp_path):
 
     def run(cache_dir, cache_features=True, predict=False):
         dm = ECOSDataModule.from_parts(
-            DigitsLite(seed=1, cache_dir=str(tmp_path / "data")), PCAPixels(n_components=32, seed=1),
+            DigitsLite(seed=1, cache_dir=str(isolated_cache / "data")), PCAPixels(n_components=32, seed=1),
             ECOSSampler(n_centroids=16), budget=100, seed=1, cache_dir=cache_dir, reuse_selection=False,
             cache_features=cache_features,
         )

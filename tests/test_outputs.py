@@ -3,28 +3,20 @@ checkpoint that resumes, and eval.py reproducing the run's test accuracy from th
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_sweeps import app_config
-from tests.test_train import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
+from runs import app_config, call_main
+from test_train import ECOS_RUN, TINY
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from ecos_pl import experiment
-
-    folder = tmp_path_factory.mktemp("run")
-    cfg = app_config(folder, *TINY, "callbacks=default", f"trainer.default_root_dir={folder}")
-    results = experiment.run_experiment(cfg)
-    return folder, results
+def finished_run(tiny_run):
+    """tests/test_train.py's ecos run (default callbacks, outputs written): (its folder, its results)."""
+    run = tiny_run(*ECOS_RUN)
+    return run.folder, run.results
 
 
 def test_proxy_set_csv_names_every_selected_sample(finished_run):
@@ -58,22 +50,18 @@ def test_student_onnx_matches_pytorch_under_onnx_runtime(finished_run):
     assert results["outputs"]["student_onnx"] == str(folder / "student.onnx")
 
 
-def test_eval_py_reproduces_the_runs_test_accuracy(finished_run):
+def test_eval_py_reproduces_the_runs_test_accuracy(finished_run, tmp_path):
     folder, results = finished_run
-    cmd = [sys.executable, "eval.py", *TINY, f"ckpt_path={folder / 'student.safetensors'}", f"hydra.run.dir={folder / 'eval'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"{results['client_test_acc']:.4f}" in proc.stdout
-    from ecos_pl.experiment import evaluate_student
-
-    again = evaluate_student(app_config(folder / "eval2", *TINY, f"ckpt_path={folder / 'student.safetensors'}"))
-    assert again["client_test_acc"] == pytest.approx(results["client_test_acc"], abs=1e-6)
+    run = call_main("eval", tmp_path, *TINY, "seed=2", f"ckpt_path={folder / 'student.safetensors'}")
+    assert run.code == 0, run.stderr[-2000:]
+    assert run.returned == pytest.approx(results["client_test_acc"], abs=1e-6)
+    assert f"{results['client_test_acc']:.4f}" in run.stdout
 
 
 def test_eval_py_without_a_student_is_one_sentence(tmp_path):
-    proc = subprocess.run([sys.executable, "eval.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["eval.py: error: ckpt_path must name a student file, e.g. ckpt_path=outputs/<run>/student.safetensors."]
+    run = call_main("eval", tmp_path)
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == ["eval.py: error: ckpt_path must name a student file, e.g. ckpt_path=outputs/<run>/student.safetensors."]
 
 
 def test_checkpoint_drops_the_teacher_loads_alone_and_resumes(finished_run, tmp_path):
@@ -87,7 +75,6 @@ def test_checkpoint_drops_the_teacher_loads_alone_and_resumes(finished_run, tmp_
     student = DistillationModule.load_from_checkpoint(last, map_location="cpu", weights_only=True)
     assert student.teacher is None and any(k.startswith("model.") for k in student.state_dict())
     # ckpt_path resumes the fit: the finished run's checkpoint is at its last step, so nothing more is trained
-    resumed = experiment.run_experiment(app_config(tmp_path, *TINY, "callbacks=default", f"ckpt_path={last}",
-                                                   f"trainer.default_root_dir={tmp_path}"))
+    resumed = experiment.run_experiment(app_config(tmp_path, *TINY, *ECOS_RUN, "save_outputs=false", f"ckpt_path={last}"))
     assert resumed["train_steps"] == results["train_steps"]
     assert resumed["client_test_acc"] == pytest.approx(results["client_test_acc"], abs=1e-6)

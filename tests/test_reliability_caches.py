@@ -106,15 +106,14 @@ def test_a_pickle_payload_is_refused_and_never_run(payloads):
 
 def test_train_py_refuses_a_pickle_teacher_with_one_sentence(payloads, tmp_path):
     """The attack as it was reproduced: `train.py scenario.teacher.checkpoint=e.pt` with an os.system payload."""
+    from runs import call_main
     from test_train import TINY
 
     marker, _, archive, _ = payloads
-    cmd = [sys.executable, "train.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", "callbacks=none",
-           f"scenario.teacher.checkpoint={archive}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "offline"})
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    run = call_main("train", tmp_path / "run", *TINY, "callbacks=none", f"scenario.teacher.checkpoint={archive}")
+    assert run.code == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
         f"train.py: error: scenario.teacher.checkpoint={str(archive)!r} was refused: it holds pickled objects (posix.system) "
         "that loading would have to run, and nothing was run; give a safetensors file or a checkpoint of plain tensors."
     )

@@ -11,7 +11,6 @@ from ecos_pl.protocol.label import PseudoLabeller, knn_votes, label_epsilon, noi
 from ecos_pl.protocol.messages import HEADER_BYTES, LabelsMessage, ProxyFeaturesMessage
 from ecos_pl.protocol.privacy import laplace_epsilon
 from ecos_pl.scenarios.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
-from test_train import TINY, run_train
 
 
 def two_blobs(n=200, d=8, seed=0):
@@ -131,14 +130,15 @@ def test_client_knn_labels_report_accuracy_drops_bytes_and_epsilon():
     assert 0 < report["label_epsilon"] == report["exchange_epsilon"] < math.inf
 
 
-# ------------------------------------------------------------------ end to end (tiny config)
+# ------------------------------------------------------------------ end to end (tiny config, conftest.tiny_run)
 
-#: the tiny config without the teacher (the labelled scenarios have none)
-LABELLED = [o for o in TINY if not o.startswith("scenario.teacher")]
+#: what the labelled runs share: the run's outputs are tests/test_outputs.py's, not written here
+LABELLED = ("save_outputs=false", "callbacks=none")
+PSEUDO = ("scenario=pseudo_label", "scenario.labels.sigma=1.0", *LABELLED)
 
 
-def test_label_outsourcing_end_to_end(tmp_path):
-    res, _ = run_train(tmp_path, "scenario=label_outsourcing", "sampler=ecos", tiny=LABELLED)
+def test_label_outsourcing_end_to_end(tiny_run):
+    res = tiny_run("scenario=label_outsourcing", "sampler=ecos", *LABELLED).results
     assert res["scenario"] == "label_outsourcing" and res["teacher_test_acc"] is None
     assert res["labels_bought"] == res["n_selected"] == 120
     # "none" answers are dropped: the crops in the proxy set are not trained on
@@ -146,9 +146,9 @@ def test_label_outsourcing_end_to_end(tmp_path):
     assert res["n_trained"] == 120 - res["composition_by_domain"]["crops"]
 
 
-def test_pseudo_label_end_to_end_and_equal_steps_for_full(tmp_path):
-    res, proc = run_train(tmp_path / "ecos", "scenario=pseudo_label", "sampler=ecos", "scenario.labels.sigma=1.0",
-                          "scenario.labels.threshold=null", tiny=LABELLED)
+def test_pseudo_label_end_to_end_and_equal_steps_for_full(tiny_run):
+    run = tiny_run(*PSEUDO, "sampler=ecos", "scenario.labels.threshold=null")
+    res = run.results
     assert res["labels_dropped"] + res["n_trained"] == res["n_selected"] == 120
     assert 0.0 <= res["pseudo_label_acc"] <= 1.0
     assert res["label_bytes_up"] == HEADER_BYTES + 2 * 120
@@ -158,15 +158,13 @@ def test_pseudo_label_end_to_end_and_equal_steps_for_full(tmp_path):
     # by default the scores were Gaussian at ε = 0.58: the exchange costs a little more than the labels alone
     assert res["score_privacy"]["mechanism"] == "gaussian" and res["epsilon"] == 0.58
     assert 0 < res["label_epsilon"] < res["exchange_epsilon"] < res["label_epsilon"] + 2.0
-    assert "pseudo-label accuracy" in proc.stdout
-    same_phi, _ = run_train(tmp_path / "same", "scenario=pseudo_label", "sampler=ecos", "scenario.labels.sigma=1.0",
-                            "scenario.labels.threshold=null", "scenario.labels.phi=null", "client.epsilon=null", tiny=LABELLED)
+    assert "pseudo-label accuracy" in run.stdout
+    same_phi = tiny_run(*PSEUDO, "sampler=ecos", "scenario.labels.threshold=null", "scenario.labels.phi=null", "client.epsilon=null").results
     assert same_phi["label_phi"] == "protocol"
     assert res["pseudo_label_acc"] > same_phi["pseudo_label_acc"] + 0.2
     assert same_phi["exchange_epsilon"] is None  # exact scores were released: the exchange is not private
     # under the default budget schedule the whole pool (70 batches an epoch here) gets the steps of a proxy set
-    unlimited = [o for o in LABELLED if "limit_train_batches" not in o]
-    full, _ = run_train(tmp_path / "full", "scenario=pseudo_label", "sampler=full", "scenario.labels.sigma=1.0", tiny=unlimited)
+    full = tiny_run(*PSEUDO, "sampler=full", "trainer.limit_train_batches=1.0").results
     assert full["n_selected"] == full["n_pool"] and full["train_steps"] == res["train_steps"] == 2
 
 
@@ -185,8 +183,8 @@ def test_training_steps_budget_schedule():
         training_steps(cfg)
 
 
-def test_client_data_reference_trains_on_the_client(tmp_path):
-    res, _ = run_train(tmp_path, "scenario=label_outsourcing", "sampler=client_data", tiny=LABELLED)
+def test_client_data_reference_trains_on_the_client(tiny_run):
+    res = tiny_run("scenario=label_outsourcing", "sampler=client_data", *LABELLED).results
     assert res["n_selected"] == res["n_trained"] == res["n_client_train"]
     assert res["in_domain_fraction"] == 1.0
     assert res["bytes_up"] == res["bytes_down"] == 0 and "labels_bought" not in res

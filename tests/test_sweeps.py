@@ -3,23 +3,11 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from tests.test_train import TINY
+from runs import app_config  # noqa: F401 - also imported from here by other test files
+from test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def app_config(output_dir: Path, *overrides):
-    """The composed config as `train.py` sees it inside Hydra's app (so `${hydra:...}` resolves)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def test_logged_config_is_resolved_and_has_no_copies(tmp_path):
@@ -51,7 +39,8 @@ def test_each_job_of_a_sweep_logs_into_its_own_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setattr(WandbLogger, "log_hyperparams", spy)
     tiny = [o for o in TINY if not o.startswith("logger=")]
     for seed in (1, 2):
-        cfg = app_config(tmp_path / f"job{seed}", *tiny, f"seed={seed}", "logger=wandb", "callbacks=default", "tags=[ci,sweep]")
+        cfg = app_config(tmp_path / f"job{seed}", *tiny, f"seed={seed}", "logger=wandb", "callbacks=default", "tags=[ci,sweep]",
+                         "save_outputs=false")  # the artifact upload is tests/test_outputs.py's
         experiment.run_experiment(cfg)
         assert wandb.run is None  # finished at the end of its job
     final = {run_id: params for run_id, params in logged if "seed" in params}

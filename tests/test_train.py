@@ -1,26 +1,20 @@
-"""`train.py` end to end with a tiny configuration, as a user runs it."""
+"""`train.py` end to end with a tiny configuration (debug=smoke), as a user runs it: its `main`, in process."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from runs import SMOKE, call_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "scenario.epochs=1",
-    "scenario.teacher.epochs=1",
-    "backbone.teacher=test_resnet",
-    "backbone.student=test_resnet",
-    "+trainer.limit_train_batches=2",
-    "trainer.check_val_every_n_epoch=1",
-    "phi=pca",
-    "budget=120",
-    "n_centroids=16",
-    "logger=csv",
-]
+#: the tiny configuration on a command line (tests/test_ddp.py, tests/test_reliability_caches.py)
+TINY = list(SMOKE)
+
+#: the shared runs (conftest.tiny_run): the ecos run also goes through the default callbacks (progress bar,
+#: checkpoint, diagnostics) and writes the run's outputs (tests/test_outputs.py reads them)
+ECOS_RUN = ("sampler=ecos", "seed=2", "callbacks=default")
+RANDOM_RUN = ("sampler=random", "seed=2", "callbacks=none", "save_outputs=false")
 
 REQUIRED = {
     "scenario", "sampler", "data", "seed", "budget", "n_centroids", "n_selected", "client_test_acc",
@@ -28,23 +22,15 @@ REQUIRED = {
 }
 
 
-def run_train(tmp_path, *overrides, callbacks="none", tiny=TINY):
-    out = tmp_path / "run"
-    results = tmp_path / "results.json"
-    cmd = [sys.executable, "train.py", *tiny, f"hydra.run.dir={out}", f"results_file={results}", f"callbacks={callbacks}", *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(results.read_text()), proc
-
-
-@pytest.mark.parametrize("sampler", ["ecos", "random"])
-def test_train_end_to_end(tmp_path, sampler):
-    # the ecos run also goes through the default callbacks (progress bar, checkpoint, diagnostics)
-    res, proc = run_train(tmp_path, f"sampler={sampler}", "seed=2", callbacks="default" if sampler == "ecos" else "none")
+@pytest.mark.parametrize("sampler, overrides", [("ecos", ECOS_RUN), ("random", RANDOM_RUN)], ids=["ecos", "random"])
+def test_train_end_to_end(tiny_run, sampler, overrides):
+    run = tiny_run(*overrides)
+    res = run.results
     assert REQUIRED <= res.keys()
     assert res["sampler"] == sampler and res["scenario"] == "compression" and res["data"] == "digits_lite"
     assert res["seed"] == 2 and res["budget"] == 120 and res["n_selected"] == 120
     assert 0.0 <= res["client_test_acc"] <= 1.0 and 0.0 <= res["teacher_test_acc"] <= 1.0
+    assert run.returned == res["client_test_acc"]
     assert 0.0 <= res["in_domain_fraction"] <= 1.0
     assert set(res["timings"]) >= {"features", "compress", "score", "select", "train"}
     if sampler == "ecos":  # private by default: the paper's Gaussian scores
@@ -62,22 +48,22 @@ def test_train_end_to_end(tmp_path, sampler):
             assert Path(png).stat().st_size > 1000
     else:
         assert res["bytes_up"] == 0 and res["n_centroids"] is None
-    assert "client test accuracy" in proc.stdout  # the final table
+    assert "client test accuracy" in run.stdout  # the final table
+    assert f"results written to {run.results_file}" in run.stdout
 
 
 def test_bad_budget_fails_with_one_clear_sentence(tmp_path):
-    out = tmp_path / "run"
-    results = tmp_path / "results.json"
-    cmd = [sys.executable, "train.py", *TINY, f"hydra.run.dir={out}", f"results_file={results}", "callbacks=none", "budget=0"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0
-    assert "budget must be at least 1, got 0" in proc.stderr + proc.stdout
-    assert not results.exists()
+    run = call_main("train", tmp_path, *TINY, "callbacks=none", "budget=0")
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == ["train.py: error: budget must be at least 1, got 0."]
+    assert run.results is None and not list(tmp_path.iterdir())  # nothing was built or written
 
 
-def test_same_seed_same_numbers_with_noisy_scores(tmp_path):
-    a, _ = run_train(tmp_path / "a", "seed=3", "client.epsilon=1.0")
-    b, _ = run_train(tmp_path / "b", "seed=3", "client.epsilon=1.0")
+def test_same_seed_same_numbers_with_noisy_scores(tiny_run):
+    # the second run draws its proxy set again (reuse_selection=false): the same noise, not the cached selection
+    a = tiny_run("seed=2", "client.epsilon=1.0", "callbacks=none", "save_outputs=false").results
+    b = tiny_run("seed=2", "client.epsilon=1.0", "callbacks=none", "save_outputs=false", "datamodule.reuse_selection=false").results
+    assert b["selection_reused"] is False
     assert a["epsilon"] == b["epsilon"] == 1.0
     assert a["proxy_set_sha1"] == b["proxy_set_sha1"]
     assert a["client_test_acc"] == b["client_test_acc"]
