@@ -217,6 +217,7 @@ def _run(cfg: DictConfig) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(loggable_config(cfg))
         logger.log_metrics({f"result/{k}": v for k, v in _flat_numbers(results).items()})
+        logger.save()  # trainer.test has finalized them: CSVLogger writes its file only on save()
     return results
 
 

@@ -62,7 +62,7 @@ def test_bad_budget_fails_with_one_clear_sentence(tmp_path):
 def test_same_seed_same_numbers_with_noisy_scores(tiny_run):
     # the second run draws its proxy set again (reuse_selection=false): the same noise, not the cached selection
     a = tiny_run("seed=2", "client.epsilon=1.0", "callbacks=none", "save_outputs=false").results
-    b = tiny_run("seed=2", "client.epsilon=1.0", "callbacks=none", "save_outputs=false", "datamodule.reuse_selection=false").results
+    b = tiny_run("seed=2", "client.epsilon=1.0", "callbacks=none", "save_outputs=false", "datamodule.pipeline.reuse_selection=false").results
     assert b["selection_reused"] is False
     assert a["epsilon"] == b["epsilon"] == 1.0
     assert a["proxy_set_sha1"] == b["proxy_set_sha1"]
