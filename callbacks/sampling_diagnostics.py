@@ -84,7 +84,7 @@ def sampling_diagnostics(datamodule) -> dict:
         "bytes_down": int(sel.bytes_down),
         "bytes_up": int(sel.bytes_up),
         "client_score_macs": int(sel.client_macs),
-        "epsilon": sel.epsilon,  # None unless the client added Laplace noise
+        "epsilon": sel.epsilon,  # None: exact counts (or nothing asked)
     }
     scalars.update({f"timings/{k}": float(v) for k, v in (report.get("timings") or sel.timings).items()})
     scalars.update({f"composition/{row['domain']}": row["proxy_count"] for row in domains})
@@ -134,14 +134,14 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 def _footer(diag: dict, datamodule) -> str:
     s = diag["scalars"]
-    eps = s["epsilon"]
+    eps, noise = s["epsilon"], (datamodule.report.get("score_privacy") or {}).get("mechanism", "added")
     budget = datamodule.pipeline.budget if datamodule.sampler.uses_budget else None
     lines = [
         f"sampler={datamodule.selection.sampler}   R={s['n_centroids'] if s['n_centroids'] is not None else '-'}   "
         f"budget={budget if budget is not None else '-'}   selected {s['n_selected']:,} of {s['n_pool']:,} pool samples",
         f"in-domain fraction {_pct(s['in_domain_fraction'])} (pool base rate {_pct(s['pool_in_domain_fraction'])})   "
         f"bytes down {s['bytes_down']:,}   bytes up {s['bytes_up']:,}   "
-        f"ε={'none (exact counts)' if eps is None else f'{eps:g} (Laplace noise)'}",
+        f"ε={'none (exact counts)' if eps is None else f'{eps:g} ({noise} noise)'}",
     ]
     if "scores/total" in s:
         lines.append(
@@ -206,7 +206,7 @@ class SamplingDiagnostics(pl.Callback):
                 self._log_wandb(logger, diag, figures, scalars, step)
             else:
                 logger.log_metrics(scalars, step=step)
-        return {**diag, "figures": figures, "files": files}
+        return {**diag, **self.outputs, "files": files}
 
     def _figures(self, datamodule, diag: dict, out: Path) -> dict[str, str]:
         data, sel = datamodule.data, datamodule.selection

@@ -24,6 +24,7 @@ from ecos_pl import plots
 from ecos_pl.data.digits_lite import DigitsLite
 from ecos_pl.phi import PCAPixels
 from ecos_pl.protocol.samplers import make_sampler
+from ecos_pl.protocol.settings import ScorePrivacy
 
 compress_mod = importlib.import_module("ecos_pl.protocol.compress")  # the package re-exports the function of the same name
 
@@ -40,7 +41,7 @@ def _cache_dir(tmp_path_factory) -> Path:
 def _datamodule(tmp_path_factory, sampler: str, **kwargs) -> ECOSDataModule:
     dm = ECOSDataModule.from_parts(
         DigitsLite(seed=1, cache_dir=_cache_dir(tmp_path_factory)), PCAPixels(n_components=16, seed=1),
-        make_sampler(sampler, **kwargs), budget=BUDGET, seed=1, batch_size=32,
+        make_sampler(sampler, **kwargs), budget=BUDGET, seed=1, batch_size=32, score_privacy=ScorePrivacy(epsilon=None),
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -127,7 +128,7 @@ def test_wandb_offline_run_holds_diagnostics_and_images(ecos_dm, tmp_path, monke
     module = DistillationModule(ImageClassifier("test_resnet", 10), arch="test_resnet", num_classes=10)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0,
-        logger=logger, callbacks=[SamplingDiagnostics(out)], enable_checkpointing=False, enable_progress_bar=False,
+        logger=logger, callbacks=[diagnostics := SamplingDiagnostics(out)], enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path,
     )
     try:
@@ -164,9 +165,9 @@ def test_wandb_offline_run_holds_diagnostics_and_images(ecos_dm, tmp_path, monke
     assert sum(r["allocation"] for r in rows) == BUDGET
     assert all(r["selected"] == r["allocation"] for r in rows)
 
-    # the PNGs in the output folder, and their paths in the report for the results file
-    assert set(report["figures"]) == {"projection", "composition"}
-    for path in report["figures"].values():
+    # the PNGs in the output folder, and their paths in the callback's outputs (the results file includes them)
+    assert set(diagnostics.outputs["figures"]) == {"projection", "composition"}
+    for path in diagnostics.outputs["figures"].values():
         _assert_png(path)
         assert Path(path).parent == out
 
@@ -204,18 +205,18 @@ def test_csv_logger_and_files_keep_the_same_numbers(ecos_dm, tmp_path):
         scalars = {r["key"]: r["value"] for r in csv.DictReader(f)}
     assert float(scalars["in_domain_fraction"]) == pytest.approx(report["in_domain_fraction"])
     assert scalars["epsilon"] == ""  # written, empty: no noise
-    assert sum(report["composition_by_class"].values()) == BUDGET
+    assert sum(result["composition_by_class"].values()) == BUDGET
 
 
 def test_no_logger_random_sampler_still_writes_pngs_and_csv(tmp_path_factory, tmp_path):
     dm = _datamodule(tmp_path_factory, "random")
     trainer = SimpleNamespace(is_global_zero=True, datamodule=dm, loggers=[], global_step=0, default_root_dir=str(tmp_path))
-    SamplingDiagnostics(output_dir=None).on_train_start(trainer, None)  # falls back to default_root_dir
+    (callback := SamplingDiagnostics(output_dir=None)).on_train_start(trainer, None)  # falls back to default_root_dir
     for name in (plots.PROJECTION_PNG, plots.COMPOSITION_PNG):
         _assert_png(tmp_path / name)
     assert (tmp_path / SCALARS_CSV).is_file()
     assert not (tmp_path / CLUSTERS_CSV).exists()  # random has no clusters
-    assert dm.report["figures"]["projection"] == str(tmp_path / plots.PROJECTION_PNG)
+    assert callback.outputs["figures"]["projection"] == str(tmp_path / plots.PROJECTION_PNG)
 
 
 def test_logs_once_and_only_on_rank_zero(ecos_dm, tmp_path):
