@@ -20,6 +20,8 @@ QUIET_LOGGERS = {
     "absl": logging.ERROR,  # dp-accounting: RDP orders it cannot evaluate, one warning each
     "onnx_ir": logging.WARNING,  # the ONNX export's graph passes, a dozen lines
     "onnxscript": logging.WARNING,
+    # torch 2.10's ONNX exporter: "Missing annotation for parameter ..." of torchvision's roi ops, four lines
+    "torch.onnx._internal.exporter._schemas": logging.ERROR,
 }
 #: warnings raised inside libraries about their own internals, or about choices this project made on purpose
 IGNORED_WARNINGS = (
