@@ -110,11 +110,17 @@ class ProtocolPipeline:
 
     @functools.cached_property
     def data_id(self) -> str:
-        """The data's identity in every cache key: the on-disk source's decode-cache key, else a hash of the pool's pixels."""
+        """The data's one identity in every cache key (features, selection, teacher): an on-disk source's decode-cache
+        key (every file's path, size and mtime, the image size and the split), else a hash of every split's arrays."""
         from ecos_pl.feature_cache import array_fingerprint
 
         content = self.data.meta.get("data_key")
-        return f"{self.data.name}:{content if content else array_fingerprint(self.data.pool.images)}"
+        if not content:
+            d = self.data
+            parts = [array_fingerprint(np.asarray(a)) for s in (d.pool, d.client_train, d.client_test)
+                     for a in (s.images, s.labels, s.domains)]
+            content = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+        return f"{self.data.name}:{content}"
 
     def fitted_phi(self):
         """φ fitted on the pool (the cloud's public data), once; deterministic, so every rank fits the same φ."""
@@ -188,15 +194,9 @@ class ProtocolPipeline:
             return None
         from ecos_pl.protocol.store import sampler_spec
 
-        data = self.data
-        content = data.meta.get("data_key")
-        if content:  # on-disk sources: their decode-cache key (every file's path, size, mtime; image size; split) names the pixels
-            data_parts = (f"decoded:{content}", data.pool.labels, data.pool.domains)
-        else:  # data built in memory: its pixels
-            data_parts = (data.pool.images, data.pool.labels, data.pool.domains, data.client_train.images)
         privacy = () if self.score_privacy.epsilon is None else (self.score_privacy.mechanism, self.score_privacy.delta)
         key = selection_key(
-            data.name, *data_parts, self.fitted_phi().fingerprint(), sampler_spec(self.sampler),
+            self.data_id, self.fitted_phi().fingerprint(), sampler_spec(self.sampler),
             self.budget if self.sampler.uses_budget else None, self.seed, self.score_privacy.epsilon, *privacy,
             *(() if self.n_clients == 1 else (f"clients:{self.n_clients}",)),
         )

@@ -104,10 +104,9 @@ def trainer_settings(trainer: pl.Trainer) -> dict:
 
 
 def _fingerprint(datamodule, spec: dict) -> str:
+    """The teacher's key: its training spec (which split: `source`) and the data's one identity (`ProtocolPipeline.data_id`)."""
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    split = datamodule.data.client_train if spec["source"] == "client" else datamodule.data.pool
-    h.update(split.images.tobytes())
-    h.update(split.labels.tobytes())
+    h.update(datamodule.pipeline.data_id.encode())
     return h.hexdigest()[:16]
 
 
