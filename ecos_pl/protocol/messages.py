@@ -230,11 +230,20 @@ class CentroidsMessage:
         return cls(values[: p.r * p.d].reshape(p.r, p.d).copy(), radii, p.tag)
 
 
+def _vector_message(cls, data: bytes, kind: int, dtype: int, what: str, per: str, rows: str):
+    """A message of one value per row (scores, labels) from bytes: d must be 1, with a value (ε, σ) and a tag allowed."""
+    p, values = _unpack(data, kind, dtype, FLAG_VALUE | FLAG_TAG)
+    if p.d != 1:
+        raise ECOSInputError(f"{what} message says d={p.d}; {what} are one {per} (d=1).")
+    _expect_size(what, values, p.r, f"{rows}={p.r}")
+    return cls(values.copy(), p.value, p.tag)
+
+
 @dataclass(frozen=True, eq=False)
 class ScoresMessage:
     """Client to cloud: one centroid-coverage score per centroid, nothing per sample.
 
-    `epsilon` is the Laplace-mechanism ε the client spent on these scores (None: exact counts).
+    `epsilon` is the ε the client spent on these scores, Gaussian or Laplace (None: exact counts).
     `tag` is `answer_tag(centroids)`: which centroids (and so which φ) the scores answer.
     """
 
@@ -266,11 +275,7 @@ class ScoresMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ScoresMessage":
-        p, values = _unpack(data, KIND_SCORES, DTYPE_FLOAT32, FLAG_VALUE | FLAG_TAG)
-        if p.d != 1:
-            raise ECOSInputError(f"scores message says d={p.d}; scores are one number per centroid (d=1).")
-        _expect_size("scores", values, p.r, f"R={p.r}")
-        return cls(values.copy(), p.value, p.tag)
+        return _vector_message(cls, data, KIND_SCORES, DTYPE_FLOAT32, "scores", "number per centroid", "R")
 
 
 @dataclass(frozen=True, eq=False)
@@ -357,11 +362,7 @@ class LabelsMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LabelsMessage":
-        p, values = _unpack(data, KIND_LABELS, DTYPE_INT16, FLAG_VALUE | FLAG_TAG)
-        if p.d != 1:
-            raise ECOSInputError(f"labels message says d={p.d}; labels are one class per proxy sample (d=1).")
-        _expect_size("labels", values, p.r, f"B={p.r}")
-        return cls(values.copy(), p.value, p.tag)
+        return _vector_message(cls, data, KIND_LABELS, DTYPE_INT16, "labels", "class per proxy sample", "B")
 
 
 MESSAGE_TYPES = {
