@@ -13,9 +13,8 @@ size) are in `check_against_data`, run right after the data are loaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf

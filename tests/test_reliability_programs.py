@@ -28,7 +28,7 @@ from ecos_pl.cli import client, cloud
 from ecos_pl.cli.common import phi_file_bytes
 from ecos_pl.data.folders import split_folders
 from ecos_pl.phi import TimmFeatures, phi_from_spec
-from ecos_pl.protocol import ECOSClient, ECOSInputError
+from ecos_pl.protocol import ECOSInputError
 from ecos_pl.protocol.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, CentroidsMessage, ScoresMessage, parse_message
 from ecos_pl.protocol.parties import CLIENT_CAP, ECOSCloud, cap_client_scores
 from ecos_pl.protocol.score import check_centroids, coverage_scores

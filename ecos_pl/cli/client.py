@@ -27,7 +27,6 @@ from ecos_pl.cli.common import (
     fraction,
     list_images,
     load_phi,
-    make_parser,
     nonneg_int,
     positive_float,
     positive_int,

@@ -38,7 +38,6 @@ from ecos_pl.cli.common import (
     fraction,
     list_images,
     load_phi,
-    make_parser,
     nonneg_int,
     parse_path_list,
     path_list_text,
@@ -372,7 +371,6 @@ def cmd_select(args) -> int:
         replies.append(msg)
         clients.append(_client_entry(path, msg))
     cloud = state.cloud(client_cap=args.client_cap, **({} if args.temperature is None else {"temperature": args.temperature}))
-    temperature = cloud.allocation_settings.temperature
     t0 = time.perf_counter()
     indices = cloud.select(replies, budget)
     seconds = time.perf_counter() - t0

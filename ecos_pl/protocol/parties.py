@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ecos_pl.protocol.compress import PoolClusters, compress
-from ecos_pl.protocol.errors import ECOSInputError, check_epsilon
+from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
 from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
