@@ -1,0 +1,27 @@
+"""ECOS over Flower (flwr >= 1.42, the `flower` extra): the cloud as a ServerApp, each client as a ClientApp.
+
+    FlowerExchange(grid, ...)       the ServerApp's `Exchange`: ECOS messages as bytes inside Flower `Message`s
+    client_app(load_client)         a ClientApp answering with `ECOSClient.handle` (its client from its context)
+    server_app(pool_features, ...)  a ServerApp running `ECOSSampler.sample` through a `FlowerExchange`
+    simulation_apps(pipeline, ...)  both, for `flwr.simulation.run_simulation`, with `ProtocolPipeline`'s shards
+
+Nothing here is imported by the rest of ecos_pl; importing it without flwr installed fails with
+`ModuleNotFoundError` naming the extra. docs/flower.md.
+"""
+
+from __future__ import annotations
+
+try:
+    import flwr  # noqa: F401
+except ModuleNotFoundError as err:  # pragma: no cover - depends on the install
+    raise ModuleNotFoundError(
+        "ecos_pl.flower needs flwr (Python >= 3.11): uv sync --extra flower", name=err.name
+    ) from err
+
+from ecos_pl.flower.apps import client_app, server_app, simulation_apps, write_proxy_set
+from ecos_pl.flower.exchange import ANSWER_TYPES, MESSAGE_TYPE, RECORD, FlowerExchange, decode, encode
+
+__all__ = [
+    "ANSWER_TYPES", "MESSAGE_TYPE", "RECORD", "FlowerExchange", "client_app", "decode", "encode", "server_app",
+    "simulation_apps", "write_proxy_set",
+]

@@ -1,0 +1,121 @@
+"""The ServerApp's side of the exchange boundary: each ECOS message travels as its bytes in a Flower `Message`.
+
+Down: one `Message(RecordDict({"ecos": ConfigRecord({"message": bytes})}), node_id, "query.ecos")` per node,
+sent with `grid.send_and_receive`. Up: the same record holding the answer's bytes and the client's index
+(`"client"`: its partition id in a simulation, its configured index in a deployment), by which the answers
+are ordered, so the fleet's scores are summed in the order the in-process exchange sums them.
+
+A reply that is an error, carries no parseable answer of the expected kind, or never comes (the timeout)
+is dropped with a warning and the round goes on with the clients that answered; with fewer than
+`min_answers` answers the round fails with one `ECOSInputError` sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from ecos_pl.protocol.errors import ECOSInputError
+from ecos_pl.protocol.exchange import Exchange
+from ecos_pl.protocol.messages import CentroidsMessage, LabelsMessage, ProxyFeaturesMessage, ScoresMessage
+
+log = logging.getLogger(__name__)
+
+#: the Flower message type of every ECOS round (a ClientApp registers it with `@app.query("ecos")`)
+MESSAGE_TYPE = "query.ecos"
+#: the one ConfigRecord in each message's content
+RECORD = "ecos"
+#: what a client answers to each message the cloud sends
+ANSWER_TYPES = {CentroidsMessage: ScoresMessage, ProxyFeaturesMessage: LabelsMessage}
+
+
+def encode(message, client: int | None = None) -> RecordDict:
+    """An ECOS message as a Flower `RecordDict` (its bytes, and the answering client's index when given)."""
+    record = {"message": message.to_bytes()}
+    if client is not None:
+        record["client"] = int(client)
+    return RecordDict({RECORD: ConfigRecord(record)})
+
+
+def decode(content: RecordDict, expected) -> tuple[object, int | None]:
+    """(the ECOS message of class `expected`, the client's index or None) from a Flower `RecordDict`;
+    `ECOSInputError` (one sentence) when it holds none."""
+    try:
+        record = content.config_records[RECORD]
+        data = record["message"]
+    except (KeyError, AttributeError, TypeError):
+        raise ECOSInputError(f"the Flower message holds no '{RECORD}' ConfigRecord with a 'message' entry.") from None
+    client = record.get("client")
+    return expected.from_bytes(data), None if client is None else int(client)
+
+
+class FlowerExchange(Exchange):
+    """The clients behind a Flower `Grid` (the ServerApp's): one message to each node, its answers back.
+
+    `node_ids`: the nodes to ask (default: every node the grid knows when the round starts);
+    `min_answers`: the fewest answers a round goes on with (default 1); `timeout`: seconds to wait
+    for the answers (None: until every node has answered or failed).
+    """
+
+    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float | None = None):
+        super().__init__()
+        self.grid, self.timeout = grid, timeout
+        self.min_answers = int(min_answers)
+        if self.min_answers < 1:
+            raise ECOSInputError(f"min_answers must be at least 1, got {min_answers!r}.")
+        self._node_ids = None if node_ids is None else [int(n) for n in node_ids]
+        self._answered: list[int] | None = None  # the nodes that answered the last round
+        #: per round: the nodes whose answer was dropped, and why
+        self.dropped: list[dict[int, str]] = []
+
+    def node_ids(self) -> list[int]:
+        return sorted(int(n) for n in (self._node_ids if self._node_ids is not None else self.grid.get_node_ids()))
+
+    @property
+    def n_clients(self) -> int:
+        """The clients that answered the last round (before any round: the nodes there are to ask)."""
+        return len(self._answered) if self._answered is not None else len(self.node_ids())
+
+    def _deliver(self, message):
+        expected = ANSWER_TYPES.get(type(message))
+        if expected is None or not hasattr(message, "to_bytes"):
+            raise ECOSInputError(f"a FlowerExchange carries centroids and proxy features, not a {type(message).__name__}.")
+        nodes = self.node_ids()
+        if len(nodes) < self.min_answers:
+            raise ECOSInputError(f"the Flower grid has {len(nodes)} nodes, fewer than min_answers={self.min_answers}.")
+        group = f"ecos-round-{len(self.rounds)}"
+        out = [Message(encode(message), node, MESSAGE_TYPE, group_id=group) for node in nodes]
+        start = time.perf_counter()
+        replies = list(self.grid.send_and_receive(out, timeout=self.timeout))
+        seconds = time.perf_counter() - start  # the round trip (the clients' own time is not reported to the cloud)
+        answers, dropped = {}, {}
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                dropped[node] = f"error {reply.error.code}: {reply.error.reason}"
+                continue
+            try:
+                answer, client = decode(reply.content, expected)
+            except ECOSInputError as err:
+                dropped[node] = str(err)
+                continue
+            if node in answers:
+                dropped[node] = "a second answer from the same node"
+                continue
+            answers[node] = (node if client is None else client, node, answer)
+        for node in nodes:
+            if node not in answers and node not in dropped:
+                dropped[node] = "no answer" + (f" within {self.timeout} s" if self.timeout is not None else "")
+        for node, why in sorted(dropped.items()):
+            log.warning("ECOS round %s: dropped the answer of node %s (%s); the round goes on without it.", group, node, why)
+        self.dropped.append(dropped)
+        if len(answers) < self.min_answers:
+            raise ECOSInputError(
+                f"only {len(answers)} of {len(nodes)} clients answered the {type(message).__name__} "
+                f"(fewer than min_answers={self.min_answers}); the round cannot go on."
+            )
+        ordered = sorted(answers.values(), key=lambda a: (a[0], a[1]))
+        self._answered = [node for _, node, _ in ordered]
+        return [a for _, _, a in ordered], seconds, 0
