@@ -125,7 +125,7 @@ def plot(rows: list[dict], path: Path) -> None:
             if part == "scores" and curve == "random":
                 ax.axhline(pts[0]["client_test_acc"][0], color=colour, ls="--", label="random (asks nothing)")
                 continue
-            finite = [r for r in pts if isinstance(r["epsilon"], (int, float))]
+            finite = sorted((r for r in pts if isinstance(r["epsilon"], (int, float))), key=lambda r: r["epsilon"])
             xs = [r["epsilon"] for r in finite]
             ys = [r["client_test_acc"][0] for r in finite]
             es = [r["client_test_acc"][1] for r in finite]
