@@ -129,14 +129,19 @@ class ProtocolPipeline:
             self._phi_fitted = True
         return self.phi
 
-    def feature_cache_entry(self) -> tuple[Path, dict] | None:
-        """(path, meta) of the pool's feature-cache entry when it must still be written (else None)."""
+    def _feature_cache(self) -> tuple[Path, dict, bool] | None:
+        """(path, meta, whether it holds valid features) of the pool's feature-cache entry; None without a cache."""
         from ecos_pl.feature_cache import cache_entry, cache_valid
 
-        if self.cache_dir is None or not self.cache_features or self.selection_reusable():
+        if self.cache_dir is None or not self.cache_features:
             return None
         path, meta = cache_entry(self.cache_dir, self.fitted_phi(), self.data_id, self.feature_dtype)
-        return None if cache_valid(path, len(self.data.pool)) else (path, meta)
+        return path, meta, cache_valid(path, len(self.data.pool))
+
+    def feature_cache_entry(self) -> tuple[Path, dict] | None:
+        """(path, meta) of the pool's feature-cache entry when it must still be written (else None)."""
+        entry = None if self.selection_reusable() else self._feature_cache()
+        return None if entry is None or entry[2] else entry[:2]
 
     @property
     def pool_features(self) -> np.ndarray:
@@ -155,12 +160,8 @@ class ProtocolPipeline:
 
     def pool_features_at_hand(self) -> np.ndarray | None:
         """The pool's features if they need no φ run (computed already, or in the feature cache); else None."""
-        if self._pool_features is None and self.cache_dir is not None and self.cache_features:
-            from ecos_pl.feature_cache import cache_entry, cache_valid
-
-            path, _ = cache_entry(self.cache_dir, self.fitted_phi(), self.data_id, self.feature_dtype)
-            if cache_valid(path, len(self.data.pool)):
-                return self.pool_features
+        if self._pool_features is None and (entry := self._feature_cache()) is not None and entry[2]:
+            return self.pool_features
         return self._pool_features
 
     @functools.cached_property

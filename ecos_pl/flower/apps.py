@@ -95,7 +95,7 @@ def server_app(pool_features, sampler, budget, seed, out, *, n_clients: int, min
                                   timeout=timeout)
         selection = sampler.sample(pool_features, exchange, budget, seed)
         summary = write_proxy_set(selection, out)
-        log.info("ECOS over Flower: %d clients answered; proxy set %s (%d samples)", exchange.n_clients,
+        log.info("ECOS over Flower: %d clients answered; proxy set %s (%d samples)", exchange.rounds[-1].n_clients,
                  summary["proxy_set_sha1"], summary["n_selected"])
 
     return app

@@ -66,7 +66,6 @@ class FlowerExchange(Exchange):
         if self.min_answers < 1:
             raise ECOSInputError(f"min_answers must be at least 1, got {min_answers!r}.")
         self._node_ids = None if node_ids is None else [int(n) for n in node_ids]
-        self._answered: list[int] | None = None  # the nodes that answered the last round
         #: per round: the nodes whose answer was dropped, and why
         self.dropped: list[dict[int, str]] = []
 
@@ -75,8 +74,8 @@ class FlowerExchange(Exchange):
 
     @property
     def n_clients(self) -> int:
-        """The clients that answered the last round (before any round: the nodes there are to ask)."""
-        return len(self._answered) if self._answered is not None else len(self.node_ids())
+        """The nodes there are to ask (`rounds[-1].n_clients`: those that answered)."""
+        return len(self.node_ids())
 
     def _deliver(self, message):
         expected = ANSWER_TYPES.get(type(message))
@@ -117,5 +116,4 @@ class FlowerExchange(Exchange):
                 f"(fewer than min_answers={self.min_answers}); the round cannot go on."
             )
         ordered = sorted(answers.values(), key=lambda a: (a[0], a[1]))
-        self._answered = [node for _, node, _ in ordered]
         return [a for _, _, a in ordered], seconds, 0

@@ -8,10 +8,11 @@ sampler or the label round only ever calls `exchange.send_and_receive(message)`:
     FeaturesRequest       -> [FeaturesUpload, ...]  (oracle_central: the privacy-violating upload, counted)
 
 `InProcessExchange` hands the message to `ECOSClient`s in this process (`train.py`,
-the benchmarks); the programs carry the same messages as files. Each round's bytes
-(down: one message per client; up: every answer) and the clients' time and
-multiply-adds are recorded in `rounds`, so what a protocol cost is measured where
-it is spent, not reconstructed by the strategy.
+the benchmarks); the programs carry the same messages as files; `ecos_pl.flower`
+through Flower. Each round's bytes (down: one message per client; up: every answer),
+the clients that answered, and their time and multiply-adds are recorded in `rounds`
+(a strategy reads `rounds[-1]` after its call), so what a protocol cost is measured
+where it is spent, not reconstructed by the strategy.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Round:
     """What one `send_and_receive` cost."""
 
     kind: str
-    n_clients: int
+    n_clients: int  # the clients that answered (a transport may drop a client that did not)
     bytes_down: int  # per client: each receives the message once
     bytes_up: int  # all answers together
     client_seconds: float = 0.0
@@ -54,7 +55,7 @@ class Round:
 
 
 class Exchange(ABC):
-    """Carries one message to every client and returns their answers, in client order."""
+    """Carries one message to every client and returns the answers that came back, in client order."""
 
     def __init__(self) -> None:
         self.rounds: list[Round] = []
@@ -69,17 +70,9 @@ class Exchange(ABC):
 
     def send_and_receive(self, message) -> list:
         answers, seconds, macs = self._deliver(message)
-        if len(answers) != self.n_clients:
-            raise ECOSInputError(f"the exchange returned {len(answers)} answers for {self.n_clients} clients.")
-        self.rounds.append(Round(type(message).__name__, self.n_clients, int(message.nbytes),
+        self.rounds.append(Round(type(message).__name__, len(answers), int(message.nbytes),
                                  int(sum(a.nbytes for a in answers)), float(seconds), int(macs)))
         return answers
-
-    def cost(self, since: int = 0) -> Round:
-        """The rounds from `since` on, summed (what a sampler reports)."""
-        rounds = self.rounds[since:]
-        return Round("+".join(r.kind for r in rounds), self.n_clients, sum(r.bytes_down for r in rounds),
-                     sum(r.bytes_up for r in rounds), sum(r.client_seconds for r in rounds), sum(r.client_macs for r in rounds))
 
 
 @dataclass

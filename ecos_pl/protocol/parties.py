@@ -20,7 +20,7 @@ from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, Sc
 from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
-from ecos_pl.protocol.settings import Allocation, Clustering
+from ecos_pl.protocol.settings import Allocation, Clustering, cloud_settings
 
 #: default per-client cap of a fleet selection (see `cap_client_scores`)
 CLIENT_CAP = Allocation().client_cap
@@ -120,11 +120,8 @@ class ECOSCloud:
                  allocation: Allocation = Allocation(), *, seed: int = 0, **settings):
         """`clustering` may be R alone, and `settings` the other fields of `Clustering`/`Allocation` by name."""
         if not isinstance(clustering, Clustering):
-            clustering = Clustering.from_mapping({"n_centroids": clustering, **settings}, strict=False)
-        allocation = Allocation.from_mapping({**allocation.to_dict(), **settings}, strict=False)
-        unknown = set(settings) - set(clustering.to_dict()) - set(allocation.to_dict())
-        if unknown:
-            raise ECOSInputError(f"{sorted(unknown)[0]} is not a setting of the cloud's clustering or allocation.")
+            clustering, settings = None, {"n_centroids": clustering, **settings}
+        clustering, allocation = cloud_settings(settings, clustering, allocation, where="")
         self.pool_features = unit_rows(pool_features, "pool_features")
         self.clustering, self.allocation_settings, self.seed = clustering, allocation, seed
         #: after `select`: each client's scale under the cap (None: untouched), and the fleet's summed scores

@@ -20,13 +20,13 @@ from typing import ClassVar
 import numpy as np
 
 from ecos_pl.protocol.compress import use_gpu_default
-from ecos_pl.protocol.errors import ECOSInputError, check_count
-from ecos_pl.protocol.exchange import Exchange, FeaturesRequest, as_exchange
+from ecos_pl.protocol.errors import check_count
+from ecos_pl.protocol.exchange import Exchange, FeaturesRequest, Round, as_exchange
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import ScoresMessage
 from ecos_pl.protocol.parties import ECOSCloud
 from ecos_pl.protocol.select import kcenter_greedy
-from ecos_pl.protocol.settings import Allocation, Clustering
+from ecos_pl.protocol.settings import Allocation, Clustering, cloud_settings
 
 
 @dataclass
@@ -82,11 +82,7 @@ class ECOSSampler(Sampler):
 
     def __init__(self, clustering: Clustering | None = None, allocation: Allocation | None = None, **settings):
         """Settings objects, or their fields by name (as the configs give them: `sampler.temperature`, ...)."""
-        self.clustering = clustering or Clustering.from_mapping(settings, strict=False)
-        self.allocation = allocation or Allocation.from_mapping(settings, strict=False)
-        unknown = set(settings) - set(Clustering().to_dict()) - set(Allocation().to_dict())
-        if unknown:
-            raise ECOSInputError(f"sampler.{sorted(unknown)[0]} is not a setting of sampler={self.name}.")
+        self.clustering, self.allocation = cloud_settings(settings, clustering, allocation, where="sampler.")
 
     @property
     def n_centroids(self) -> int:
@@ -106,12 +102,11 @@ class ECOSSampler(Sampler):
         t0 = time.perf_counter()
         down = cloud.compress()
         t1 = time.perf_counter()
-        since = len(exchange.rounds)
         replies = exchange.send_and_receive(down) if self.asks_clients else [ScoresMessage(np.ones(down.n_centroids, dtype=np.float32))]
+        cost = exchange.rounds[-1] if self.asks_clients else Round("none", 0, 0, 0)
         t2 = time.perf_counter()
         indices = cloud.select(replies, budget)
         t3 = time.perf_counter()
-        cost = exchange.cost(since)
         diagnostics = {
             "allocation": cloud.allocation.copy(),
             "cluster_sizes": cloud.clusters.sizes.copy(),
@@ -125,7 +120,7 @@ class ECOSSampler(Sampler):
             sampler=self.name,
             bytes_down=cost.bytes_down,
             bytes_up=cost.bytes_up,
-            timings={"compress": t1 - t0, "score": cost.client_seconds if self.asks_clients else 0.0, "select": t3 - t2},
+            timings={"compress": t1 - t0, "score": cost.client_seconds, "select": t3 - t2},
             client_macs=cost.client_macs,
             n_centroids=down.n_centroids,
             epsilon=epsilons.pop() if self.asks_clients and len(epsilons) == 1 else None,
@@ -205,9 +200,8 @@ class OracleCentralSampler(Sampler):
         pool_features = unit_rows(pool_features, "pool_features")
         n = len(pool_features)
         budget = self.check_budget(budget, n)
-        since = len(exchange.rounds)
         uploaded = np.concatenate([u.features for u in exchange.send_and_receive(FeaturesRequest())])
-        cost = exchange.cost(since)
+        cost = exchange.rounds[-1]
         t0 = time.perf_counter()
         index = faiss.IndexFlatL2(pool_features.shape[1])
         if use_gpu_default():

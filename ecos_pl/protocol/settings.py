@@ -147,6 +147,18 @@ class Labelling(_Settings):
         return {"sampling_rate": self.sampling_rate, "screen_sigma": self.screen_sigma}
 
 
+def cloud_settings(settings: dict, clustering: Clustering | None = None, allocation: Allocation | None = None,
+                   *, where: str) -> tuple[Clustering, Allocation]:
+    """(Clustering, Allocation) from flat keys (as configs give them: `sampler.temperature`, ...) over the given
+    objects or the defaults; a key of neither is refused, naming `where` it was given."""
+    unknown = sorted(set(settings) - set(Clustering().to_dict()) - set(Allocation().to_dict()))
+    if unknown:
+        raise ECOSInputError(f"{where}{unknown[0]} is not a setting of the clustering or the allocation.")
+    base_c, base_a = (clustering or Clustering()).to_dict(), (allocation or Allocation()).to_dict()
+    return (Clustering.from_mapping({**base_c, **settings}, strict=False),
+            Allocation.from_mapping({**base_a, **settings}, strict=False))
+
+
 def paper() -> tuple[Clustering, Allocation]:
     """ECOS.md's clustering and allocation (R = 64, τ = 1)."""
     return Clustering(n_centroids=64), Allocation(temperature=1.0)

@@ -111,9 +111,8 @@ class ClientKNNLabels(ProxyLabels):
         eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
         check_budget(eps_exchange, request.max_epsilon, f"labelling {n_queries} proxy samples after the scores")
         down = ProxyFeaturesMessage(request.proxy_features())
-        since = len(request.exchange.rounds)
         answers = request.exchange.send_and_receive(down)
-        cost = request.exchange.cost(since)
+        cost = request.exchange.rounds[-1]
         targets = majority([a.labels.astype(np.int64) for a in answers])
         kept = targets >= 0
         truth = np.asarray(request.proxy.labels)
