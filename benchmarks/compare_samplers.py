@@ -1,12 +1,16 @@
-"""Run every sampler over several seeds through `train.py`, and tabulate the results.
+"""Run every sampler over several seeds (and client domains) as `train.py` runs, and tabulate the results.
 
     uv run python benchmarks/compare_samplers.py                        # compression, seeds 1-3
     uv run python benchmarks/compare_samplers.py seeds=[1] samplers=[ecos,random] budget=200
+    uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=pseudo_label
 
-`seeds=`, `samplers=`, `out=` belong to this script; every other `key=value` is a
-Hydra override passed to each `train.py` run. Each run writes its own results
-JSON (kept, so an interrupted comparison resumes where it stopped); the table
-(mean ± std over seeds) is printed and written as markdown and JSON.
+`seeds=`, `samplers=`, `domains=` (client domains: a list, or `all` of the data's), `out=`
+belong to this script; every other `key=value` is a Hydra override passed to each run.
+The runs are `train.py`'s own (`run_experiment` on the composed config) in this process,
+one after the other. Each writes its results JSON (kept, so an interrupted comparison
+resumes where it stopped); the table (mean ± std over seeds, per client domain and
+averaged, with ECOS's margins beside the paper's) is printed and written as markdown and
+JSON, and `benchmarks/RESULTS.md` is rewritten from every table of the embedded Digits-5.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,15 +28,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ecos_pl.conf_store  # noqa: E402,F401 - the protocol settings nodes Hydra composes from
 from ecos_pl.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 DEFAULTS = {
     "seeds": [1, 2, 3],
-    "samplers": ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "client_data"],
+    "samplers": ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "local"],
+    "domains": None,  # None: the data config's client domain
     "out": "benchmarks/results",
 }
+#: the client domains of `domains=all`
+DOMAINS = {"digits5_lite": ["mnist", "svhn", "usps", "syn", "mnistm"]}
 #: columns of the table; one that no run reports (e.g. labels_bought outside label_outsourcing) is left out
 COLUMNS = [
     "client_test_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "n_trained", "bytes_up", "bytes_down",
@@ -51,6 +58,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             overrides.append(arg)
     opts["seeds"] = [int(s) for s in (opts["seeds"] if isinstance(opts["seeds"], list) else [opts["seeds"]])]
     opts["samplers"] = opts["samplers"] if isinstance(opts["samplers"], list) else [opts["samplers"]]
+    if opts["domains"] is not None and not isinstance(opts["domains"], list):
+        opts["domains"] = [opts["domains"]]
     return opts, overrides
 
 
@@ -66,6 +75,26 @@ def config_sha1(overrides: list[str]) -> str:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[o for o in overrides if not o.startswith("results_file=")])
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
+
+
+def run_in_process(overrides: list[str], result_file: Path) -> bool:
+    """`python train.py *overrides` without a new interpreter: its config, `run_experiment`, its results file."""
+    from ecos_pl.compose import app_config
+    from ecos_pl.console import quiet_third_party
+    from ecos_pl.experiment import run_experiment
+
+    quiet_third_party()
+    folder = result_file.with_suffix("")
+    try:
+        results = run_experiment(app_config(folder, *overrides))
+    except Exception as err:  # noqa: BLE001 - reported, and the comparison stops
+        import traceback
+
+        traceback.print_exc()
+        print(f"run failed ({type(err).__name__}: {err})", file=sys.stderr)
+        return False
+    write_json_atomic(results, result_file)
+    return True
 
 
 @contextlib.contextmanager
@@ -94,12 +123,10 @@ def run_kept(run_overrides: list[str], result_file: Path) -> dict | None:
         print(f"[{time.strftime('%H:%M:%S')}] {result_file.name}: its config changed since it ran; running it again", flush=True)
         kept = None
     if kept is None:
-        cmd = [sys.executable, "train.py", *run_overrides, f"results_file={result_file}"]
-        print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] train.py {' '.join(run_overrides)}", flush=True)
         with cpu_lock():
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+            ok = run_in_process(run_overrides, result_file)
+        if not ok:
             print(f"run failed: {' '.join(run_overrides)}", file=sys.stderr)
             return None
         kept = json.loads(result_file.read_text())
@@ -131,26 +158,43 @@ def main(argv: list[str]) -> int:
     opts, overrides = parse_args(argv)
     scenario = next((o.split("=", 1)[1] for o in overrides if o.startswith("scenario=")), "compression")
     data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
+    domains = DOMAINS.get(data, []) if opts["domains"] == ["all"] else opts["domains"]
     out_dir = (ROOT / opts["out"]).resolve()
     extra = sorted(o for o in overrides if not o.startswith(("scenario=", "data=")))
     # runs with other overrides never share (and never reuse) each other's results
     tag = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
     runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
     rows: dict[str, list[dict]] = {}
-    for sampler in opts["samplers"]:
-        for seed in opts["seeds"]:
-            kept = run_kept([f"sampler={sampler}", f"seed={seed}", "logger=csv", *overrides], runs_dir / f"{sampler}-seed{seed}.json")
-            if kept is None:
-                return 1
-            rows.setdefault(sampler, []).append(kept)
-    title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f" ({' '.join(overrides)})" if overrides else "")
-    table = markdown(rows, title)
+    for domain in domains or [None]:
+        where = [] if domain is None else [f"data.client_domain={domain}"]
+        for sampler in opts["samplers"]:
+            for seed in opts["seeds"]:
+                name = f"{sampler}-{domain}-seed{seed}" if domain else f"{sampler}-seed{seed}"
+                kept = run_kept([f"sampler={sampler}", f"seed={seed}", "logger=csv", *where, *overrides], runs_dir / f"{name}.json")
+                if kept is None:
+                    return 1
+                rows.setdefault(sampler, []).append(kept)
+    title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f", client domains {domains}" if domains else "") \
+        + (f" ({' '.join(overrides)})" if overrides else "")
+    table = markdown(rows, title) + (per_domain(rows, domains) if domains else "")
     print(table)
     stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
     write_text_atomic(stem.with_suffix(".md"), table)
-    write_json_atomic({"title": title, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
+    write_json_atomic({"title": title, "scenario": scenario, "data": data, "domains": domains, "overrides": overrides,
+                       "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
+    if data == "digits5_lite":
+        from results_md import write_results
+
+        print(f"written {write_results(out_dir)}")
     return 0
+
+
+def per_domain(rows: dict[str, list[dict]], domains: list[str]) -> str:
+    """Client test accuracy per client domain (mean over seeds) and their average; ECOS's margins beside the paper's."""
+    from results_md import margins_table, per_domain_table
+
+    return "\n" + per_domain_table(rows, domains) + "\n" + margins_table(rows, domains)
 
 
 if __name__ == "__main__":

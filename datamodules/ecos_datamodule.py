@@ -52,7 +52,8 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, nu
 
 
 class ECOSDataModule(pl.LightningDataModule):
-    """The client's test split for validation and test; the pipeline's proxy set for training.
+    """The pipeline's proxy set for training, the validation split carved from the client's training part for
+    validation, the client's test split for the one final test.
 
     `pipeline` (`ecos_pl.pipeline.ProtocolPipeline`) does the protocol's work; this
     module only decides who runs it and serves loaders. DDP-safe: `setup()` runs on
@@ -174,8 +175,10 @@ class ECOSDataModule(pl.LightningDataModule):
         split, targets = self._training_split()
         return self.loader(split, train=True, targets=targets)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.data.client_test, train=False)
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation split carved from the client's training part (none: no validation loop)."""
+        return [] if self.data.client_val is None else self.loader(self.data.client_val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """The client's test split: read once, after training."""
+        return self.loader(self.data.client_test, train=False)

@@ -147,8 +147,10 @@ class DataSettings:
     client_fraction: float = 0.5
     test_fraction: float = 0.2
     max_per_domain: Optional[int] = None
+    val_fraction: float = 0.2
 
     def __post_init__(self):
+        _number("data.val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _whole("data.image_size", self.image_size, 8)
         if self.image_size > 512:
             raise ECOSInputError(f"data.image_size must lie in [8, 512], got {self.image_size}.")

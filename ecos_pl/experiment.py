@@ -193,6 +193,8 @@ def _run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))  # ckpt_path: resume a fit
     train_seconds = time.perf_counter() - start
+    # the validation split (what benchmarks choose settings by), then the client's test split, once
+    validated = trainer.validate(module, datamodule=datamodule, verbose=False) if data.client_val is not None else None
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
     extra["outputs"] = _write_outputs(cfg, trainer, datamodule, module, data)
 
@@ -201,9 +203,11 @@ def _run(cfg: DictConfig) -> dict:
         "scenario": cfg.scenario.name,
         "sampler": datamodule.selection.sampler,
         "data": cfg.data.name,
+        "client_domain": data.client_domain,
         "seed": int(cfg.seed),
         "budget": int(cfg.budget) if sampler.uses_budget else None,
         "client_test_acc": float(tested[0]["test/acc"]),
+        "client_val_acc": float(validated[0]["val/acc"]) if validated else None,
         "teacher_test_acc": extra.pop("teacher_test_acc", None),
         "train_steps": int(trainer.global_step),
         "n_trained": report.get("n_trained", report["n_selected"]),
@@ -267,6 +271,7 @@ def results_table(results: dict):
 
     rows = [
         ("client test accuracy", results["client_test_acc"]),
+        ("client validation accuracy", results["client_val_acc"]),
         ("teacher test accuracy", results["teacher_test_acc"]),
         ("proxy set size / budget", f"{results['n_selected']} / {fmt(results['budget'])}"),
         ("in-domain fraction (pool base rate)", f"{fmt(results['in_domain_fraction'])} ({results['pool_in_domain_fraction']:.4f})"),

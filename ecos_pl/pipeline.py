@@ -26,6 +26,7 @@ import numpy as np
 
 from ecos_pl.atomic import clean_dead_temporaries, move_aside
 from ecos_pl.data.base import DomainSplit, ECOSData
+from ecos_pl.data.splits import check_val_fraction, with_validation
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.exchange import InProcessExchange
@@ -58,6 +59,7 @@ class ProtocolReport:
     n_pool: int
     n_client_train: int
     n_client_test: int
+    n_client_val: int
     n_clients: int
     n_selected: int
     proxy_set_sha1: str
@@ -84,12 +86,13 @@ class ProtocolPipeline:
 
     def __init__(self, source, phi, sampler: Sampler, *, budget: int | None = 400, seed: int = 1,
                  score_privacy: ScorePrivacy = ScorePrivacy(), max_epsilon: float | None = None, proxy_labels=None,
-                 clients: int = 1, cache_dir: str | None = None, reuse_selection: bool = True,
+                 clients: int = 1, val_fraction: float = 0.0, cache_dir: str | None = None, reuse_selection: bool = True,
                  cache_features: bool = True, feature_dtype: str = "auto"):
         self.source, self.phi, self.sampler, self.budget, self.seed = source, phi, sampler, budget, int(seed)
         self.score_privacy = score_privacy
         self.mechanism = score_privacy.mechanism_object()
         self.max_epsilon, self.proxy_labels, self.n_clients = max_epsilon, proxy_labels, int(clients)
+        self.val_fraction = check_val_fraction(val_fraction)
         self.cache_dir, self.reuse_selection = cache_dir, reuse_selection
         #: with cache_dir: the pool's φ features live in cache_dir/features/ (ecos_pl.feature_cache)
         self.cache_features, self.feature_dtype = cache_features, feature_dtype
@@ -105,7 +108,7 @@ class ProtocolPipeline:
     @property
     def data(self) -> ECOSData:
         if self._data is None:
-            self._data = self.source.load()
+            self._data = with_validation(self.source.load(), self.val_fraction, self.seed)
         return self._data
 
     @functools.cached_property
@@ -114,11 +117,13 @@ class ProtocolPipeline:
         key (every file's path, size and mtime, the image size and the split), else a hash of every split's arrays."""
         from ecos_pl.feature_cache import array_fingerprint
 
-        content = self.data.meta.get("data_key")
-        if not content:
-            d = self.data
-            parts = [array_fingerprint(np.asarray(a)) for s in (d.pool, d.client_train, d.client_test)
-                     for a in (s.images, s.labels, s.domains)]
+        d = self.data
+        content = d.meta.get("data_key")
+        if content:  # the validation split is seeded: its fraction and the seed name it
+            content += f":val{d.meta['val_fraction']:g}-{self.seed}" if d.client_val is not None else ""
+        else:
+            splits = [d.pool, d.client_train, d.client_test] + ([d.client_val] if d.client_val is not None else [])
+            parts = [array_fingerprint(np.asarray(a)) for s in splits for a in (s.images, s.labels, s.domains)]
             content = hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
         return f"{self.data.name}:{content}"
 
@@ -259,6 +264,7 @@ class ProtocolPipeline:
         data, domains = self.data, self.proxy(selection).domains
         return ProtocolReport(
             n_pool=len(data.pool), n_client_train=len(data.client_train), n_client_test=len(data.client_test),
+            n_client_val=0 if data.client_val is None else len(data.client_val),
             n_clients=self.n_clients, n_selected=len(domains), proxy_set_sha1=sha1_of(selection.indices),
             n_centroids=selection.n_centroids,
             in_domain_fraction=float(np.mean(domains == data.client_domain_index)) if len(domains) else None,

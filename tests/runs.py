@@ -11,24 +11,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from ecos_pl.compose import app_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the tiny run every end-to-end test starts from (conf/debug/smoke.yaml), with a logger that needs no network
 SMOKE = ("debug=smoke", "logger=csv")
-
-
-def app_config(output_dir: Path, *overrides):
-    """The composed config as `train.py` sees it inside Hydra's app (so `${hydra:...}` resolves)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def script(name: str):

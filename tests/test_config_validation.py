@@ -20,7 +20,7 @@ def composed(*overrides):
 
 
 @pytest.mark.parametrize("scenario", ["compression", "pseudo_label", "label_outsourcing"])
-@pytest.mark.parametrize("sampler", ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "client_data"])
+@pytest.mark.parametrize("sampler", ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "local"])
 def test_every_default_configuration_is_valid(scenario, sampler):
     checked = validate_config(composed(f"scenario={scenario}", f"sampler={sampler}"))
     assert checked["run"].budget == 400 and checked["scenario"].name == scenario

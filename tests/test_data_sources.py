@@ -364,6 +364,24 @@ def test_domainnet_split(domainnet_tree):
     assert split_domainnet(domainnet_tree, "sketch", classes=["bird", "zebra"], client_fraction=0.4, test_fraction=0.2)["pool"] == paths(data, "pool")
 
 
+def test_domainnet_official_test_lists_give_the_papers_split(domainnet_tree):
+    """With `<domain>_test.txt`: the client is tested on its listed images, trains on half of the rest; no listed image is pooled."""
+    listed = {}
+    for d in DOMAINNET:
+        files = sorted(f"{d}/{c}/{p.name}" for c in ("bird", "zebra") for p in (domainnet_tree / d / c).iterdir())[::4]
+        (domainnet_tree / f"{d}_test.txt").write_text("".join(f"{f} {i}\n" for i, f in enumerate(files)))
+        listed[d] = set(files)
+    data = DomainNet(domainnet_tree, client_domain="sketch", classes=["bird", "zebra"], image_size=8).load()
+    check_consistent(data)
+    assert set(paths(data, "client_test")) == listed["sketch"]
+    assert not set(paths(data, "pool")) & set().union(*listed.values())
+    assert len(paths(data, "client_train")) == (10 - len(listed["sketch"])) // 2
+    assert len(paths(data, "pool")) == sum(10 - len(listed[d]) for d in DOMAINNET) - len(paths(data, "client_train"))
+    (domainnet_tree / "sketch_test.txt").unlink()
+    with pytest.raises(ECOSInputError, match=r"has the official test lists of .* but not sketch_test.txt for data.client_domain='sketch'"):
+        DomainNet(domainnet_tree, client_domain="sketch", classes=["bird", "zebra"], image_size=8).load()
+
+
 def test_domainnet_defaults_give_the_client_half_its_domain(domainnet_tree):
     data = DomainNet(domainnet_tree, classes="all").load()
     check_consistent(data)
@@ -480,7 +498,7 @@ def test_train_py_on_a_folders_tree(tmp_path):
     assert {"scenario", "sampler", "data", "seed", "budget", "n_centroids", "n_selected", "client_test_acc", "teacher_test_acc",
             "in_domain_fraction", "bytes_down", "bytes_up", "epsilon", "timings", "proxy_set_sha1"} <= res.keys()
     assert res["data"] == "folders" and res["n_selected"] == 20 and res["n_centroids"] == 6
-    # a: 24 in-class images -> 5 test, 12 train, 7 to the pool; b and c: 24 + 3 and 24
-    assert (res["n_client_test"], res["n_client_train"], res["n_pool"]) == (5, 12, 7 + 27 + 24)
+    # a: 24 in-class images -> 5 test, 12 train (of which data.val_fraction = 0.2 validates), 7 to the pool; b and c: 24 + 3 and 24
+    assert (res["n_client_test"], res["n_client_train"], res["n_client_val"], res["n_pool"]) == (5, 10, 2, 7 + 27 + 24)
     assert set(res["composition_by_domain"]) == {"a", "b", "c"}
     assert 0.0 <= res["client_test_acc"] <= 1.0

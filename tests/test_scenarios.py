@@ -183,8 +183,8 @@ def test_training_steps_budget_schedule():
         training_steps(cfg)
 
 
-def test_client_data_reference_trains_on_the_client(tiny_run):
-    res = tiny_run("scenario=label_outsourcing", "sampler=client_data", *LABELLED).results
+def test_local_reference_trains_on_the_client(tiny_run):
+    res = tiny_run("scenario=label_outsourcing", "sampler=local", *LABELLED).results
     assert res["n_selected"] == res["n_trained"] == res["n_client_train"]
     assert res["in_domain_fraction"] == 1.0
     assert res["bytes_up"] == res["bytes_down"] == 0 and "labels_bought" not in res

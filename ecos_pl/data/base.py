@@ -60,6 +60,9 @@ class ECOSData:
     class_names: list[str]
     client_domain: str
     meta: dict = field(default_factory=dict)
+    #: carved from the client's training part (`with_validation`): what `val/acc` and every setting chosen by
+    #: accuracy look at, so that the client's test split is used once. None: no validation split.
+    client_val: DomainSplit | None = None
 
     @property
     def num_classes(self) -> int:

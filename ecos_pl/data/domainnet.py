@@ -15,13 +15,16 @@ literature (FedBN): bird, feather, headphones, ice_cream, teapot, tiger, whale, 
 wine_glass, zebra; or a list of class folder names; or "all" (every class folder of the
 client's domain). Only the chosen class folders are read, in every domain; each must exist
 in every domain. Images directly in a domain folder are out-of-class (label NONE_LABEL).
-The official `<domain>_train.txt` / `<domain>_test.txt` split files are not used.
-
-Split, as in the paper: half of the client's domain is the client, the rest of it and the
-other five domains are the pool. With the default fractions (the same meaning as in
-`folders`: shares of the client domain's in-class images), 40% of the client domain is client
-train and 10% client test (together the client's 50%), a seeded class-stratified choice; the
-other 50% goes to the pool. `max_per_domain` caps each domain first (seeded, class-stratified).
+Split, as in the paper, when the official `<domain>_test.txt` lists are in the root (as
+shipped with DomainNet): a listed image belongs to its domain's test split and is never in
+the pool; the client is tested on its domain's listed images, and half of the domain's
+other images (seeded, class-stratified) are the client's training split, the other half and
+the other domains' unlisted images the pool (`client_fraction`/`test_fraction` are not used).
+Without the lists: half of the client's domain is the client, the rest of it and the other
+five domains are the pool. With the default fractions (the same meaning as in `folders`:
+shares of the client domain's in-class images), 40% of the client domain is client train and
+10% client test (together the client's 50%), a seeded class-stratified choice; the other 50%
+goes to the pool. `max_per_domain` caps each domain first (seeded, class-stratified).
 """
 
 from __future__ import annotations
@@ -88,14 +91,32 @@ def split_domainnet(
                 f"{', '.join(absent[:3])}{more}; {LAYOUT}."
             )
 
+    test_lists = official_test_lists(root)
+    if test_lists and client_domain not in test_lists:
+        raise ECOSInputError(
+            f"data.root={str(root)!r} has the official test lists of {', '.join(sorted(test_lists))} but not "
+            f"{client_domain}_test.txt for data.client_domain={client_domain!r}; add it, or remove the lists to split by fractions."
+        )
     params = {
         "classes": classes if isinstance(classes, str) else list(class_names),
         "client_fraction": client_fraction, "test_fraction": test_fraction, "seed": seed, "max_per_domain": max_per_domain,
+        **({"official_test_lists": sorted(test_lists)} if test_lists else {}),
     }
     return split_client_domain(
         [scanned[d] for d in DOMAINS], client_domain, class_names, client_fraction=client_fraction, test_fraction=test_fraction,
-        seed=seed, max_per_domain=max_per_domain, name="domainnet", root=root, params=params,
+        seed=seed, max_per_domain=max_per_domain, name="domainnet", root=root, params=params, test_lists=test_lists,
     )
+
+
+def official_test_lists(root) -> dict[str, set[str]]:
+    """{domain: image paths} from the `<domain>_test.txt` files in `root` (lines `clipart/bird/x.jpg 12`), where present."""
+    lists = {}
+    for d in DOMAINS:
+        path = root / f"{d}_test.txt"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            lists[d] = {line.split()[0] for line in lines if line.strip()}
+    return lists
 
 class DomainNet(OnDiskSource):
     """Config-friendly DomainNet source (see the module docstring); `load()` decodes (or reads the cache)."""

@@ -12,6 +12,7 @@ each split is put in a seeded order; the same files on disk and settings give th
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecos_pl.data.base import NONE_LABEL
+from ecos_pl.data.base import NONE_LABEL, ECOSData
 from ecos_pl.data.images import DomainFiles
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 
@@ -30,6 +31,7 @@ SPLITS = ("pool", "client_train", "client_test")
 _KEY_CARVE = 1
 _KEY_ORDER = 2  # + split index
 _KEY_CAP = 100  # + caller's sub-key
+_KEY_VALIDATION = 3
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -158,6 +160,42 @@ def carve_client(
     return order[:n_test], order[n_test : n_test + n_train], order[n_test + n_train :]
 
 
+def check_val_fraction(fraction) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= float(fraction) < 1:
+        raise ECOSInputError(f"data.val_fraction must be a number in [0, 1) (0: no validation split), got {fraction!r}.")
+    return float(fraction)
+
+
+def with_validation(data: ECOSData, fraction: float, seed: int) -> ECOSData:
+    """`data` with a seeded, class-stratified `client_val` split carved from the client's training part.
+
+    ECOS.md's evaluation hygiene: the simulation may look at this split to choose settings
+    (a real deployment would not have it); the client's test split is looked at once, at the
+    end. The client scores, labels and trains teachers on what is left. `fraction=0`: none.
+    Where a source renders one underlying image several times (`meta["source_index"]`), the
+    carve is by underlying image, so no image is in both parts.
+    """
+    if not check_val_fraction(fraction):
+        return data
+    train = data.client_train
+    groups = data.meta.get("source_index", {}).get("client_train")
+    groups = np.arange(len(train)) if groups is None else np.asarray(groups)
+    unique, first, members = np.unique(groups, return_index=True, return_inverse=True)
+    n_val = int(round(float(fraction) * len(unique)))
+    if n_val < 1 or n_val >= len(unique):
+        raise ECOSInputError(
+            f"data.val_fraction={fraction:g} of the client's {len(unique)} training images leaves no "
+            f"{'validation' if n_val < 1 else 'training'} image; choose a fraction that keeps both."
+        )
+    chosen = np.zeros(len(unique), dtype=bool)
+    chosen[stratified_order(train.labels[first], rng_for(int(seed), _KEY_VALIDATION))[:n_val]] = True
+    val, rest = np.flatnonzero(chosen[members]), np.flatnonzero(~chosen[members])
+    meta = {**data.meta, "val_fraction": float(fraction)}
+    if "source_index" in meta:
+        meta["source_index"] = {**meta["source_index"], "client_train": groups[rest], "client_val": groups[val]}
+    return dataclasses.replace(data, client_train=train.subset(rest), client_val=train.subset(val), meta=meta)
+
+
 # --------------------------------------------------------------------------- a split as files
 
 
@@ -226,22 +264,38 @@ def split_client_domain(
     name: str,
     root: Path,
     params: dict,
+    test_lists: dict[str, set[str]] | None = None,
 ) -> PathSplits:
     """The split of a tree of domains (`folders`, `domainnet`): each domain capped to `max_per_domain` first;
     of the client domain's in-class images, `test_fraction` -> client test and `client_fraction` ->
     client train (seeded, class-stratified), its rest and its out-of-class images -> the pool;
     every other domain -> the pool. `domains` in their fixed order (it keys each domain's cap).
+
+    `test_lists` (DomainNet's official `<domain>_test.txt`, as {domain: paths}): a listed image is in
+    its domain's test split, so it is never in the pool; the client domain's listed in-class images are
+    the client test split and half of the rest (seeded, class-stratified) the client train split — the
+    paper's split; the fractions are not used then.
     """
+    test_lists = test_lists or {}
     builder = SplitBuilder([f.name for f in domains])
     for k, files in enumerate(domains):
         paths, labels = files.labelled(class_names)
         keep = cap_images(labels, max_per_domain, rng_for(seed, _KEY_CAP + k))
         paths, labels = [paths[i] for i in keep], labels[keep]
+        listed = np.array([p in test_lists.get(files.name, ()) for p in paths], dtype=bool)
         if files.name != client_domain:
-            builder.add("pool", paths, labels, files.name)
+            kept = np.flatnonzero(~listed)
+            builder.add("pool", [paths[i] for i in kept], labels[kept], files.name)
             continue
         inside = np.flatnonzero(labels != NONE_LABEL)
-        test, train, rest = carve_client(labels[inside], client_fraction, test_fraction, rng_for(seed, _KEY_CARVE), client_domain=client_domain)
+        if files.name in test_lists:
+            test = np.flatnonzero(listed[inside])
+            trainable = np.flatnonzero(~listed[inside])
+            order = trainable[stratified_order(labels[inside][trainable], rng_for(seed, _KEY_CARVE))]
+            train, rest = order[: len(order) // 2], order[len(order) // 2 :]
+        else:
+            test, train, rest = carve_client(labels[inside], client_fraction, test_fraction, rng_for(seed, _KEY_CARVE),
+                                             client_domain=client_domain)
         for split, idx in (("client_test", inside[test]), ("client_train", inside[train]), ("pool", inside[rest])):
             builder.add(split, [paths[i] for i in idx], labels[idx], files.name)
         outside = np.flatnonzero(labels == NONE_LABEL)

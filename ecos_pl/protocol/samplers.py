@@ -226,13 +226,13 @@ class OracleCentralSampler(Sampler):
         )
 
 
-class ClientDataReference(Sampler):
+class LocalReference(Sampler):
     """Upper reference (ECOS.md's client-data oracle): no pool sample; training uses the client's labelled split.
 
     Only meaningful inside a simulation, where the cloud can be handed the client's data.
     """
 
-    name = "client_data"
+    name = "local"
     uses_budget = False
     trains_on_client = True
     releases_features = True  # the cloud is handed the client's own data
@@ -245,7 +245,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
     for cls in (
         ECOSSampler, RandomSampler, FullSampler, UniformClusterSampler, KCenterSampler, OracleCentralSampler,
-        ClientDataReference,
+        LocalReference,
     )
 }
 

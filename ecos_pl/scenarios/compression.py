@@ -62,8 +62,10 @@ class Compression(Scenario):
             epochs=t.epochs, lr=t.lr, seed=cfg.seed, cache_dir=cfg.cache_dir, make_trainer=make_trainer,
             input_size=cfg.backbone.get("input_size"),
         )
-        accuracy = evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes)
-        return teacher, {"teacher_test_acc": accuracy, "teacher_origin": info["origin"], "teacher_path": info["path"]}
+        val = datamodule.val_dataloader()
+        return teacher, {"teacher_test_acc": evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes),
+                         "teacher_val_acc": evaluate_accuracy(teacher, val, num_classes) if val else None,
+                         "teacher_origin": info["origin"], "teacher_path": info["path"]}
 
     def module(self, cfg, datamodule, teacher):
         with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path

@@ -1,0 +1,110 @@
+"""Accuracy against the budget B at equal optimizer steps: ECOS, random and k-center against `full` (the whole pool).
+
+    uv run python benchmarks/budget_curve.py --scenario compression
+    uv run python benchmarks/budget_curve.py --scenario label_outsourcing --budgets 400 1000 3000 --domains mnistm
+
+Every sampler at budget B trains `scenario.epochs × ⌈B / batch⌉` steps (`train_length=budget`), `full`
+too, so at each B the samplers differ only in what they train on: a small proxy set is seen many
+times, the pool few. Where ECOS's line meets `full`'s, a proxy set stops paying. The budget a user
+should pick is read from the *validation* accuracy (the `val` columns); the test columns are the
+final numbers. Runs go through `compare_samplers.run_kept` (kept, resumable); writes a markdown
+table, JSON and a PNG, then rebuilds benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compare_samplers import run_kept  # noqa: E402
+
+from ecos_pl.atomic import write_atomic, write_json_atomic  # noqa: E402
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default="compression")
+    ap.add_argument("--data", default="digits5_lite")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[400, 1000, 3000])
+    ap.add_argument("--samplers", nargs="+", default=["ecos", "random", "kcenter", "full"])
+    ap.add_argument("--domains", nargs="+", default=["mnistm"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
+    args = ap.parse_args(argv)
+    out = (ROOT / args.out).resolve()
+    runs_dir = out / "runs" / f"budget-{args.scenario}-{args.data}"
+    found: dict[tuple[str, int], list[dict]] = {}
+    for budget in args.budgets:
+        for sampler in args.samplers:
+            for domain in args.domains:
+                for seed in args.seeds:
+                    overrides = [f"scenario={args.scenario}", f"data={args.data}", f"data.client_domain={domain}",
+                                 f"sampler={sampler}", f"budget={budget}", f"seed={seed}", "logger=csv", *args.overrides]
+                    kept = run_kept(overrides, runs_dir / f"{sampler}-b{budget}-{domain}-seed{seed}.json")
+                    if kept is None:
+                        return 1
+                    found.setdefault((sampler, budget), []).append(kept)
+
+    lines = ["| sampler | " + " | ".join(f"B = {b} val / test" for b in args.budgets) + " |", "|---" * (len(args.budgets) + 1) + "|"]
+    curve = {}
+    for sampler in args.samplers:
+        cells = []
+        for b in args.budgets:
+            runs = found[(sampler, b)]
+            val, test = _mean([r.get("client_val_acc") for r in runs]), _mean([r["client_test_acc"] for r in runs])
+            curve.setdefault(sampler, []).append({"budget": b, "val": val, "test": test, "steps": runs[0]["train_steps"]})
+            cells.append(f"{'—' if val is None else f'{100 * val:.1f}'} / {100 * test:.1f}")
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    steps = " · ".join(f"B = {p['budget']}: {p['steps']} steps" for p in curve[args.samplers[0]])
+    best = max(curve.get("ecos", []), key=lambda p: p["val"] or 0.0, default=None)
+    text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains} and seeds {args.seeds}; {steps} for every sampler.\n"
+    if best is not None and best["val"] is not None:
+        text += f"ECOS's best budget by validation accuracy: B = {best['budget']}.\n"
+    title = f"Budget curve: {args.scenario} on {args.data}, equal steps"
+    figure = out / f"budget_curve-{args.scenario}-{args.data}.png"
+    _plot(curve, title, figure)
+    command = "uv run python benchmarks/budget_curve.py " + " ".join(argv)
+    write_json_atomic({"title": title, "command": command.strip(), "markdown": text, "curve": curve, "figure": str(figure),
+                       "runs": {f"{s}-{b}": r for (s, b), r in found.items()}}, out / f"budget_curve-{args.scenario}-{args.data}.json")
+    print(f"### {title}\n\n{text}")
+    if args.data == "digits5_lite":
+        from results_md import write_results
+
+        print(f"written {write_results(out)}")
+    return 0
+
+
+def _plot(curve: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler, points in curve.items():
+        ax.plot([p["budget"] for p in points], [100 * p["test"] for p in points], marker="o", label=sampler,
+                ls="--" if sampler == "full" else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("budget B (full: the whole pool, at B's step count)")
+    ax.set_ylabel("client test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
