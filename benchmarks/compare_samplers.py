@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,15 +85,15 @@ def run_in_process(overrides: list[str], result_file: Path) -> bool:
     from ecos_pl.experiment import run_experiment
 
     quiet_third_party()
-    folder = result_file.with_suffix("")
-    try:
-        results = run_experiment(app_config(folder, *overrides))
-    except Exception as err:  # noqa: BLE001 - reported, and the comparison stops
-        import traceback
+    with tempfile.TemporaryDirectory(prefix="ecos-bench-") as folder:  # the run's folder (checkpoints, logs): not kept
+        try:
+            results = run_experiment(app_config(folder, *overrides, "save_outputs=false"))
+        except Exception as err:  # noqa: BLE001 - reported, and the comparison stops
+            import traceback
 
-        traceback.print_exc()
-        print(f"run failed ({type(err).__name__}: {err})", file=sys.stderr)
-        return False
+            traceback.print_exc()
+            print(f"run failed ({type(err).__name__}: {err})", file=sys.stderr)
+            return False
     write_json_atomic(results, result_file)
     return True
 

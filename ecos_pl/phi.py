@@ -19,6 +19,7 @@ from ecos_pl.data.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ecos_pl.models import ImageClassifier
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import l2_normalize
+from ecos_pl.protocol.settings import check_number
 
 #: the longest descriptor a PCA-projected φ may project (PCA pixels at the largest image size)
 MAX_DESCRIPTOR = 3 * MAX_IMAGE_SIZE**2
@@ -483,3 +484,44 @@ def spec_from_config(config) -> dict:
             f"φ config names {target!r:.120}, which is not a φ class this program builds ({', '.join(PHI_TARGETS)}); nothing was run."
         )
     return {"kind": PHI_TARGETS[target], **{k: v for k, v in config.items() if k != "_target_"}}
+
+
+class ConcatFeatures(FeatureExtractor):
+    """Several views of an image side by side, each L2-normalised and weighted: a φ that keeps style *and* shape.
+
+    ECOS senses the client's domain through φ. On Digits-5 the domain nearest by style need not be
+    nearest by shape: MNIST-M is MNIST's strokes over photos, and a style-only φ sends its budget to
+    the printed, colourful digits. With unit-norm parts, the squared distance is the weighted sum of
+    the parts' squared distances. Runs in `train.py`; a φ file cannot carry it (no `kind`).
+    """
+
+    name = "concat"
+
+    def __init__(self, parts: dict[str, FeatureExtractor], weights: dict[str, float] | None = None):
+        if not parts:
+            raise ECOSInputError("phi.parts must name at least one φ.")
+        self.parts = dict(parts)
+        self.weights = {k: 1.0 for k in self.parts} | dict(weights or {})
+        unknown = sorted(set(self.weights) - set(self.parts))
+        if unknown:
+            raise ECOSInputError(f"phi.weights names {', '.join(unknown)}, which phi.parts does not ({', '.join(self.parts)}).")
+        for k, w in self.weights.items():
+            check_number(f"phi.weights.{k}", w, low=0.0, low_open=True)
+        self.batch_rows = min(p.batch_rows for p in self.parts.values())
+
+    def fit(self, pool_images):
+        for part in self.parts.values():
+            part.fit(pool_images)
+        return self
+
+    def _features(self, images):
+        return np.concatenate([self.weights[k] * p.transform(images) for k, p in self.parts.items()], axis=1)
+
+    def fingerprint(self):
+        text = "|".join(f"{k}:{self.weights[k]:g}:{p.fingerprint()}" for k, p in self.parts.items())
+        return hashlib.sha256(f"concat:{text}".encode()).hexdigest()[:16]
+
+    def to(self, device):
+        for part in self.parts.values():
+            part.to(device)
+        return self

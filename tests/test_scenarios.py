@@ -332,3 +332,28 @@ def test_pca_phi_fits_on_a_seeded_subsample_of_a_large_pool(monkeypatch):
     whole = PCAPixels(n_components=4, seed=1).fit(images)._pca.mean_
     np.testing.assert_allclose(whole, images.reshape(60, -1).mean(0) / 255.0, rtol=1e-5)
     assert not np.allclose(whole, a._pca.mean_)
+
+
+def test_compression_teacher_is_the_clouds_own_by_default(tiny_run):
+    """The paper's compression: the cloud trains the teacher on its labelled pool; the client has no labels to give."""
+    res = tiny_run().results
+    assert res["scenario"] == "compression" and res["teacher_source"] == "pool"
+    assert res["teacher_val_acc"] is not None and res["teacher_test_acc"] is not None
+    client_side = tiny_run("scenario.teacher.source=client").results
+    assert client_side["teacher_source"] == "client" and client_side["teacher_path"] != res["teacher_path"]
+
+
+def test_concat_phi_is_its_weighted_unit_parts_side_by_side():
+    from ecos_pl.phi import ConcatFeatures, HOGFeatures, PCAPixels
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    phi = ConcatFeatures({"style": PCAPixels(8), "shape": HOGFeatures(8)}, weights={"shape": 0.5}).fit(images)
+    style, shape = PCAPixels(8).fit(images).transform(images), HOGFeatures(8).fit(images).transform(images)
+    expected = np.concatenate([style, 0.5 * shape], axis=1)
+    np.testing.assert_allclose(phi.transform(images), expected / np.linalg.norm(expected, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    other = ConcatFeatures({"style": PCAPixels(8), "shape": HOGFeatures(8)}).fit(images)
+    assert other.fingerprint() != phi.fingerprint()
+    with pytest.raises(ECOSInputError, match=r"^phi\.weights\.shape must be"):
+        ConcatFeatures({"shape": HOGFeatures(8)}, weights={"shape": 0})
+    with pytest.raises(ECOSInputError, match=r"^phi\.weights names colour, which phi\.parts does not \(shape\)\."):
+        ConcatFeatures({"shape": HOGFeatures(8)}, weights={"colour": 1.0})

@@ -65,7 +65,8 @@ class Compression(Scenario):
         val = datamodule.val_dataloader()
         return teacher, {"teacher_test_acc": evaluate_accuracy(teacher, datamodule.test_dataloader(), num_classes),
                          "teacher_val_acc": evaluate_accuracy(teacher, val, num_classes) if val else None,
-                         "teacher_origin": info["origin"], "teacher_path": info["path"]}
+                         "teacher_origin": info["origin"], "teacher_path": info["path"],
+                         "teacher_source": None if t.checkpoint else t.source}
 
     def module(self, cfg, datamodule, teacher):
         with torch.random.fork_rng(devices=[]):  # the student's init depends on the seed alone, not on the teacher's path
