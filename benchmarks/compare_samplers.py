@@ -44,7 +44,7 @@ DEFAULTS = {
 DOMAINS = {"digits5_lite": ["mnist", "svhn", "usps", "syn", "mnistm"]}
 #: columns of the table; one that no run reports (e.g. labels_bought outside label_outsourcing) is left out
 COLUMNS = [
-    "client_test_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "n_trained", "bytes_up", "bytes_down",
+    "client_val_acc", "client_test_acc", "teacher_val_acc", "teacher_test_acc", "in_domain_fraction", "n_selected", "n_trained", "bytes_up", "bytes_down",
     "labels_bought", "pseudo_label_acc", "labels_dropped", "label_bytes_down", "label_bytes_up", "exchange_epsilon",
 ]
 

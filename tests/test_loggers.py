@@ -7,7 +7,7 @@ import pytest
 from tests.test_sweeps import app_config
 
 # log every step: the smoke fit has two
-SMOKE = ["debug=smoke", "callbacks=none", "save_outputs=false", "trainer.log_every_n_steps=1"]
+SMOKE = ["debug=smoke", "data=digits_lite", "callbacks=none", "save_outputs=false", "trainer.log_every_n_steps=1"]
 
 
 def _event_files(run_dir):
