@@ -3,9 +3,11 @@
     uv run python benchmarks/budget_curve.py --scenario compression
     uv run python benchmarks/budget_curve.py --scenario label_outsourcing --budgets 400 1000 3000 --domains mnistm
 
-Every sampler at budget B trains `scenario.epochs × ⌈B / batch⌉` steps (`train_length=budget`), `full`
-too, so at each B the samplers differ only in what they train on: a small proxy set is seen many
-times, the pool few. Where ECOS's line meets `full`'s, a proxy set stops paying. The budget a user
+Every run trains about `--steps` optimizer steps (280, the default run's at B = 400): at budget B,
+`scenario.epochs = round(steps / ⌈B / batch⌉)` (`train_length=budget`), for `full` too. So the samplers
+differ only in what they train on (a small proxy set is seen many times, the pool few), and the
+budgets only in how many samples share the same compute. Where ECOS's line meets `full`'s, a
+proxy set stops paying. The budget a user
 should pick is read from the *validation* accuracy (the `val` columns); the test columns are the
 final numbers. Runs go through `compare_samplers.run_kept` (kept, resumable); writes a markdown
 table, JSON and a PNG, then rebuilds benchmarks/RESULTS.md.
@@ -14,6 +16,7 @@ table, JSON and a PNG, then rebuilds benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +43,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--samplers", nargs="+", default=["ecos", "random", "kcenter", "full"])
     ap.add_argument("--domains", nargs="+", default=["mnistm"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--steps", type=int, default=280, help="optimizer steps of every run (the default run's at B = 400)")
+    ap.add_argument("--batch", type=int, default=64, help="datamodule.batch_size (conf/train.yaml)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
     args = ap.parse_args(argv)
@@ -50,8 +55,10 @@ def main(argv: list[str]) -> int:
         for sampler in args.samplers:
             for domain in args.domains:
                 for seed in args.seeds:
+                    epochs = max(1, round(args.steps / math.ceil(budget / args.batch)))
                     overrides = [f"scenario={args.scenario}", f"data={args.data}", f"data.client_domain={domain}",
-                                 f"sampler={sampler}", f"budget={budget}", f"seed={seed}", "logger=csv", *args.overrides]
+                                 f"sampler={sampler}", f"budget={budget}", f"scenario.epochs={epochs}", f"seed={seed}",
+                                 f"datamodule.batch_size={args.batch}", "logger=csv", *args.overrides]
                     kept = run_kept(overrides, runs_dir / f"{sampler}-b{budget}-{domain}-seed{seed}.json")
                     if kept is None:
                         return 1
@@ -72,7 +79,7 @@ def main(argv: list[str]) -> int:
     text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains} and seeds {args.seeds}; {steps} for every sampler.\n"
     if best is not None and best["val"] is not None:
         text += f"ECOS's best budget by validation accuracy: B = {best['budget']}.\n"
-    title = f"Budget curve: {args.scenario} on {args.data}, equal steps"
+    title = f"Budget curve: {args.scenario} on {args.data}, about {args.steps} optimizer steps per run"
     figure = out / f"budget_curve-{args.scenario}-{args.data}.png"
     _plot(curve, title, figure)
     command = "uv run python benchmarks/budget_curve.py " + " ".join(argv)

@@ -75,8 +75,9 @@ def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str
     return anchor + "\n".join(lines) + "\n"
 
 
-def write_results(results_dir: Path) -> Path:
-    """Rebuild RESULTS.md from every compare_samplers / budget_curve JSON of digits5_lite in `results_dir`."""
+def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
+    """Rebuild RESULTS.md from every compare_samplers / budget_curve JSON of digits5_lite in `results_dir`,
+    and the summary table between README's markers."""
     results_dir = Path(results_dir)
     parts = [
         "# Results on the embedded Digits-5 (`digits5_lite`)",
@@ -107,4 +108,41 @@ def write_results(results_dir: Path) -> Path:
             parts += [f"![budget curve]({Path(curve['figure']).relative_to(results_dir.parent).as_posix()})", ""]
     out = results_dir.parent / "RESULTS.md"
     write_text_atomic(out, "\n".join(parts).rstrip() + "\n")
+    write_readme_summary(results_dir, readme)
     return out
+
+
+#: the README's one summary table lives between these lines, rewritten by `write_readme_summary`
+SUMMARY_START, SUMMARY_END = "<!-- summary table: benchmarks/results_md.py -->", "<!-- end of summary table -->"
+
+
+def summary_table(results_dir: Path) -> str:
+    """One row per scenario: each sampler's accuracy averaged over client domains and seeds, ECOS − random beside the paper's."""
+    samplers = ("ecos", "kcenter", "random", "full", "oracle_central", "local")
+    found = {}
+    for path in sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite.json")):  # the defaults' tables (no variant tag)
+        table = json.loads(path.read_text())
+        if table.get("domains"):
+            found[table["scenario"]] = table
+    if not found:
+        return "(no benchmark has run yet)"
+    shown = [s for s in samplers if any(s in t["runs"] for t in found.values())]
+    lines = ["| scenario | " + " | ".join(shown) + " | ECOS − random (paper) | domains × seeds |", "|---" * (len(shown) + 3) + "|"]
+    for scenario, table in found.items():
+        means = domain_means(table["runs"], table["domains"])
+        cells = [f"{100 * _mean(means[s].values()):.1f}" if means.get(s) else "—" for s in shown]
+        ours, paper = margins(table["runs"], table["domains"], "random"), PAPER.get(scenario, {})
+        theirs = f"{paper['ecos'] - paper['random']:+.1f}" if paper else "—"
+        seeds = len({r["seed"] for r in table["runs"].get("ecos", [])})
+        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}'} ({theirs}) | "
+                     f"{len(table['domains'])} × {seeds} |")
+    return "\n".join(lines)
+
+
+def write_readme_summary(results_dir: Path, readme: Path) -> None:
+    text = readme.read_text()
+    if SUMMARY_START not in text or SUMMARY_END not in text:
+        return
+    head, rest = text.split(SUMMARY_START, 1)
+    _, tail = rest.split(SUMMARY_END, 1)
+    write_text_atomic(readme, f"{head}{SUMMARY_START}\n{summary_table(results_dir)}\n{SUMMARY_END}{tail}")

@@ -275,6 +275,7 @@ def results_table(results: dict):
         ("teacher test accuracy", results["teacher_test_acc"]),
         ("proxy set size / budget", f"{results['n_selected']} / {fmt(results['budget'])}"),
         ("in-domain fraction (pool base rate)", f"{fmt(results['in_domain_fraction'])} ({results['pool_in_domain_fraction']:.4f})"),
+        ("proxy set by domain", " · ".join(f"{d} {n}" for d, n in results["composition_by_domain"].items() if n) or "—"),
         ("centroids R", results["n_centroids"]),
         ("bytes down / up", f"{results['bytes_down']} / {results['bytes_up']}"),
         ("client scoring multiply-adds", results["client_score_macs"]),

@@ -1,0 +1,40 @@
+"""benchmarks/results_md.py: RESULTS.md and the README's summary table are written from the benchmarks' JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results_md  # noqa: E402
+
+
+def run(sampler, domain, seed, acc):
+    return {"scenario": "compression", "sampler": sampler, "client_domain": domain, "seed": seed, "client_test_acc": acc,
+            "teacher_test_acc": 0.9}
+
+
+def test_results_and_readme_summary_come_from_the_json(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = {"ecos": [run("ecos", "mnist", 1, 0.80), run("ecos", "svhn", 1, 0.60)],
+            "random": [run("random", "mnist", 1, 0.70), run("random", "svhn", 1, 0.55)]}
+    table = {"title": "compression on digits5_lite", "scenario": "compression", "data": "digits5_lite", "domains": ["mnist", "svhn"],
+             "overrides": ["scenario=compression", "data=digits5_lite"], "runs": rows}
+    (results / "compare_samplers-compression-digits5_lite.json").write_text(json.dumps(table))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results_md.SUMMARY_START}\nold\n{results_md.SUMMARY_END}\nrest\n")
+
+    out = results_md.write_results(results, readme)
+
+    text = out.read_text()
+    assert out == tmp_path / "RESULTS.md"
+    assert "| ecos | 80.0 | 60.0 | **70.0** |" in text and "| random | 70.0 | 55.0 | **62.5** |" in text
+    assert "| random | +7.5 | +2.2 |" in text  # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4
+    assert "uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=compression" in text
+    summary = readme.read_text()
+    assert summary.startswith("intro\n") and summary.endswith("rest\n") and "old" not in summary
+    assert "| compression | 70.0 | 62.5 | +7.5 (+2.2) | 2 × 1 |" in summary
