@@ -114,7 +114,7 @@ def serve(grid: Grid, context: Context, pool_features, sampler, budget, seed, ou
     epsilons = exchange.client_epsilons[-1] if secagg is not None else None
     summary = write_proxy_set(selection, out, n_clients=answered, secagg=secagg is not None,
                               round_seconds=round(time.perf_counter() - start, 3),
-                              client_epsilons=None if epsilons is None else {str(k): v for k, v in epsilons.items()})
+                              client_epsilons=None if epsilons is None else {str(k): v for k, v in sorted(epsilons.items())})
     log.info("ECOS over Flower: %d clients answered%s; proxy set %s (%d samples)", answered,
              " (summed by SecAgg+)" if secagg is not None else "", summary["proxy_set_sha1"], summary["n_selected"])
     return summary
@@ -155,11 +155,22 @@ def _serve_run_config(grid: Grid, context: Context) -> None:
     """The cloud: train.py's pipeline from the run config; the pool's features only (the clients' data stay theirs)."""
     from ecos_pl.flower.run_config import pipeline, run_settings
 
+    _show_ecos_log()
     settings = run_settings(context.run_config)
     p = pipeline(context.run_config)
     serve(grid, context, p.pool_features, p.sampler, p.budget if p.sampler.uses_budget else None, p.seed,
           settings.out, n_clients=settings.clients, min_answers=settings.min_answers, timeout=settings.timeout,
           connect_timeout=settings.connect_timeout, secagg=settings.secagg)
+
+
+def _show_ecos_log() -> None:
+    """ecos_pl's INFO lines (the round's summary, SecAgg+'s "only masked vectors") in the ServerApp's log."""
+    logger = logging.getLogger("ecos_pl")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _client_from_run_config(context: Context):
