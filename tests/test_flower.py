@@ -1,4 +1,5 @@
-"""ECOS over Flower (`uv sync --extra flower`): the simulation picks the in-process pipeline's proxy set."""
+"""ECOS over Flower (`uv sync --extra flower`): the simulation picks the in-process pipeline's proxy set, with plain
+answers and with SecAgg+ (exact sums, masked vectors only); wrong, late or missing answers are dropped."""
 
 import json
 import logging
@@ -15,21 +16,22 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from ecos_pl.protocol.errors import ECOSInputError  # noqa: E402
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage  # noqa: E402
 from ecos_pl.protocol.samplers import ECOSSampler  # noqa: E402
-from ecos_pl.protocol.settings import Clustering, ScorePrivacy  # noqa: E402
+from ecos_pl.protocol.settings import Allocation, Clustering, ScorePrivacy  # noqa: E402
 
 #: the lightest Ray settings: one CPU for the whole simulation, no dashboard, one actor at a time
 BACKEND = {"init_args": {"num_cpus": 1, "include_dashboard": False, "log_to_driver": False},
            "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
 
 
-def _pipeline(tmp_path, clients, epsilon):
+def _pipeline(tmp_path, clients, epsilon, client_cap=2.0):
     from ecos_pl.data.digits_lite import DigitsLite
     from ecos_pl.phi import PCAPixels
     from ecos_pl.pipeline import ProtocolPipeline
 
     return ProtocolPipeline(
         DigitsLite(seed=1, client_domain="photo", cache_dir=str(tmp_path / "data")), PCAPixels(n_components=16, seed=1),
-        ECOSSampler(Clustering(n_centroids=12)), budget=60, seed=3, score_privacy=ScorePrivacy(epsilon=epsilon),
+        ECOSSampler(Clustering(n_centroids=12), Allocation(client_cap=client_cap)), budget=60, seed=3,
+        score_privacy=ScorePrivacy(epsilon=epsilon),
         clients=clients,
     )
 
@@ -67,6 +69,15 @@ class _Reply:
         return self._error
 
 
+@pytest.fixture
+def fake_run(monkeypatch):
+    """The run identity a ServerApp process has (Flower's `Message` reads it), for grids faked in this process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 0), ("_node_id", 1), ("_task_id", 0)):  # node 1: the SuperLink's
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
 class _Grid:
     """A grid whose nodes answer from a function (node -> reply or None for no answer)."""
 
@@ -81,7 +92,7 @@ class _Grid:
         return [r for r in replies if r is not None]
 
 
-def test_flower_exchange_drops_malformed_and_missing_answers(caplog):
+def test_flower_exchange_drops_malformed_and_missing_answers(caplog, fake_run):
     from flwr.app import Error
 
     from ecos_pl.flower import FlowerExchange, encode
@@ -106,3 +117,173 @@ def test_flower_exchange_drops_malformed_and_missing_answers(caplog):
     strict = FlowerExchange(_Grid([1, 2, 3, 4], answer), min_answers=2)
     with pytest.raises(ECOSInputError, match=r"only 1 of 4 clients answered .*min_answers=2"):
         strict.send_and_receive(CentroidsMessage(np.eye(4, dtype=np.float32)))
+
+
+def test_flower_exchange_drops_late_answers_and_passes_its_timeout(caplog, fake_run):
+    from ecos_pl.flower import FlowerExchange, encode
+
+    latency = {1: 0.0, 2: 5.0}  # node 2 answers after the round's timeout
+
+    class LateGrid(_Grid):
+        def send_and_receive(self, messages, *, timeout=None):
+            self.timeout = timeout
+            return [_Reply(m.metadata.dst_node_id, encode(ScoresMessage(np.ones(4, dtype=np.float32)), client=i))
+                    for i, m in enumerate(messages) if latency[m.metadata.dst_node_id] <= timeout]
+
+    grid = LateGrid([1, 2], None)
+    exchange = FlowerExchange(grid, min_answers=1, timeout=0.5)
+    with caplog.at_level(logging.WARNING):
+        (got,) = exchange.send_and_receive(CentroidsMessage(np.eye(4, dtype=np.float32)))
+    assert grid.timeout == 0.5 and exchange.dropped[-1] == {2: "no answer within 0.5 s"}
+    assert "node 2 (no answer within 0.5 s); the round goes on without it" in caplog.text
+
+
+# ---------------------------------------------------------------------- SecAgg+
+
+
+def _recording_exchange(monkeypatch):
+    """Every reply the cloud's SecAgg+ exchange receives, kept (the grid it talks through is wrapped)."""
+    from ecos_pl.flower import apps
+    from ecos_pl.flower.secagg import SecAggExchange
+
+    replies = []
+
+    class Recording:
+        def __init__(self, grid):
+            self._grid = grid
+
+        def __getattr__(self, name):
+            return getattr(self._grid, name)
+
+        def send_and_receive(self, messages, *, timeout=None):
+            got = list(self._grid.send_and_receive(messages, timeout=timeout))
+            replies.extend(got)
+            return got
+
+    class RecordingExchange(SecAggExchange):
+        def __init__(self, grid, *args, **kwargs):
+            super().__init__(Recording(grid), *args, **kwargs)
+
+    monkeypatch.setattr(apps, "SecAggExchange", RecordingExchange)
+    return replies
+
+
+def _arrays_in(reply) -> list[np.ndarray]:
+    """Every array a reply carries: its ArrayRecords' and any npy bytes in its ConfigRecords (SecAgg+'s vectors)."""
+    from flwr.common import bytes_to_ndarray
+
+    out = [a.numpy() for record in reply.content.array_records.values() for a in record.values()]
+    for record in reply.content.config_records.values():
+        for value in record.values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bytes) and item.startswith(b"\x93NUMPY"):
+                    out.append(bytes_to_ndarray(item))
+    return out
+
+
+def _device_counts(pipeline, clip):
+    """What each client hands to SecAgg+ for this pipeline's centroids (in process, for the reference)."""
+    from ecos_pl.flower import secagg_counts
+
+    cloud = pipeline.sampler.cloud(pipeline.pool_features, pipeline.seed)
+    message = cloud.compress()
+    return cloud, [secagg_counts(c.handle(message).scores, clip)[0] for c in pipeline.clients()]
+
+
+def test_flower_secagg_sums_exact_counts_to_the_in_process_proxy_set_and_sees_only_masked_vectors(tmp_path, monkeypatch,
+                                                                                               caplog):
+    from flwr.simulation import run_simulation
+
+    from ecos_pl.flower import simulation_apps
+
+    pipeline = _pipeline(tmp_path, 3, epsilon=None, client_cap=None)
+    selection, report = pipeline.select()
+    # the cap the plain fleet applies does not bind on these three honest shards: the same proxy set with it
+    assert _pipeline(tmp_path, 3, epsilon=None).select()[1].proxy_set_sha1 == report.proxy_set_sha1
+    clip = 1024
+    _, counts = _device_counts(pipeline, clip)
+    replies = _recording_exchange(monkeypatch)
+    server, client = simulation_apps(pipeline, tmp_path / "flower", secagg={"clip": clip})
+    with caplog.at_level(logging.INFO):
+        run_simulation(server_app=server, client_app=client, num_supernodes=3, backend_config=BACKEND)
+    summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
+    assert summary["proxy_set_sha1"] == report.proxy_set_sha1 and summary["n_clients"] == 3 and summary["secagg"]
+    assert summary["client_epsilons"] == {"0": None, "1": None, "2": None}
+    assert "the cloud received only masked vectors from 3 of 3 clients" in caplog.text
+    # what reached the cloud: no array of any reply is a client's vector, plain or as SecAgg+ quantises it (x + clip)
+    arrays = [a for r in replies for a in _arrays_in(r)]
+    masked = [a for a in arrays if a.size == 12]
+    assert len(masked) == 3  # one masked vector per client (besides its one-entry weight)
+    for mine in counts:
+        assert not any(np.array_equal(a.ravel(), mine) or np.array_equal(a.ravel(), mine + clip) for a in arrays)
+
+
+def test_flower_secagg_noisy_round_is_exact_and_deterministic_and_survives_a_dropped_client(tmp_path, monkeypatch):
+    from flwr.simulation import run_simulation
+
+    from ecos_pl.flower import client_app, server_app
+
+    pipeline = _pipeline(tmp_path, 3, epsilon=4.0, client_cap=None)
+    clip = 1024
+    cloud, counts = _device_counts(pipeline, clip)
+    # the reference: the seeded clients' rounded noisy counts of clients 0 and 1, summed in process
+    expected = cloud.select(ScoresMessage(np.sum(counts[:2], axis=0).astype(np.float32), 4.0), pipeline.budget)
+    clients = pipeline.clients()
+
+    class Gone:  # client 2 fails in SecAgg+'s stage 2: its masks are unmasked from the others' shares
+        def handle(self, message):
+            raise RuntimeError("client 2 went away")
+
+    apps = (server_app(pipeline.pool_features, pipeline.sampler, pipeline.budget, pipeline.seed, tmp_path / "flower",
+                       n_clients=3, min_answers=2, secagg={"clip": clip}),
+            client_app(lambda context: clients[int(context.node_config["partition-id"])]
+                       if int(context.node_config["partition-id"]) < 2 else Gone()))
+    run_simulation(server_app=apps[0], client_app=apps[1], num_supernodes=3, backend_config=BACKEND)
+    summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
+    np.testing.assert_array_equal(np.load(tmp_path / "flower" / "proxy_set.npz")["indices"], expected)
+    assert summary["n_clients"] == 2 and summary["client_epsilons"] == {"0": 4.0, "1": 4.0}
+
+
+def test_secagg_refuses_a_client_cap_and_too_few_clients(fake_run):
+    from flwr.app import Context, RecordDict
+
+    from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap
+
+    with pytest.raises(ECOSInputError, match=r"secagg=true shows the cloud only .* sampler\.client_cap=2 cannot apply"):
+        check_no_client_cap(ECOSSampler(Clustering(n_centroids=4)))
+    check_no_client_cap(ECOSSampler(Clustering(n_centroids=4), Allocation(client_cap=None)))
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ECOSInputError, match="min_answers must be at least 2 with secagg=true"):
+        SecAggExchange(_Grid([1, 2], None), context, min_answers=1)
+    with pytest.raises(ECOSInputError, match="overflow SecAgg"):
+        SecAggExchange(_Grid(list(range(4)), None), context, clip=2**30 - 1).send_and_receive(
+            CentroidsMessage(np.eye(4, dtype=np.float32)))
+
+
+def test_secagg_counts_round_and_clip_on_the_device():
+    from ecos_pl.flower import secagg_counts
+
+    counts, clipped = secagg_counts(np.array([0.0, 2.4, 2.6, 7.0, 30.2], dtype=np.float32), clip=10)
+    np.testing.assert_array_equal(counts, [0, 2, 3, 7, 10])
+    assert counts.dtype == np.int64 and clipped == 1
+
+
+# ---------------------------------------------------------------------- the app `flwr run .` runs
+
+
+def test_run_config_builds_train_py_settings_and_refuses_bad_values():
+    from ecos_pl.flower.run_config import fused_run_config, run_settings
+
+    settings = run_settings(fused_run_config('clients=2 min-answers=2 epsilon="none" client-cap="none" secagg=true '
+                                             'overrides="phi=pca data=digits_lite"'))
+    assert settings.overrides[:6] == ("clients=2", "n_centroids=128", "budget=400", "seed=1", "client.epsilon=null",
+                                      "sampler.client_cap=null")
+    assert settings.overrides[6:] == ("phi=pca", "data=digits_lite") and settings.secagg["clip"] == 2**20
+    for bad, sentence in [("min-answers=4", r"min-answers=4 is larger than clients \(3\)"),
+                          ('epsilon="few"', 'epsilon must be a number or "none"'),
+                          ("secagg=1", "secagg must be true or false"),
+                          ("timeout=-1.0", r"timeout must be a finite number in \(0, ∞\)")]:
+        with pytest.raises(ECOSInputError, match=sentence):
+            run_settings(fused_run_config(bad))
+    with pytest.raises(ECOSInputError, match=r"budgets is not a key of \[tool.flwr.app.config\]"):
+        fused_run_config("budgets=3")

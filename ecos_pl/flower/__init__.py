@@ -2,8 +2,10 @@
 
     FlowerExchange(grid, ...)       the ServerApp's `Exchange`: ECOS messages as bytes inside Flower `Message`s
     client_app(load_client)         a ClientApp answering with `ECOSClient.handle` (its client from its context)
-    server_app(pool_features, ...)  a ServerApp running `ECOSSampler.sample` through a `FlowerExchange`
+    SecAggExchange(grid, context)   the same round with the scores summed by SecAgg+ (one summed answer)
+    server_app(pool_features, ...)  a ServerApp running `ECOSSampler.sample` through either exchange
     simulation_apps(pipeline, ...)  both, for `flwr.simulation.run_simulation`, with `ProtocolPipeline`'s shards
+    apps.serverapp, apps.clientapp  the app `flwr run .` runs (pyproject.toml's [tool.flwr.app])
 
 Nothing here is imported by the rest of ecos_pl; importing it without flwr installed fails with
 `ModuleNotFoundError` naming the extra. docs/flower.md.
@@ -20,8 +22,9 @@ except ModuleNotFoundError as err:  # pragma: no cover - depends on the install
 
 from ecos_pl.flower.apps import client_app, server_app, simulation_apps, write_proxy_set
 from ecos_pl.flower.exchange import ANSWER_TYPES, MESSAGE_TYPE, RECORD, FlowerExchange, decode, encode
+from ecos_pl.flower.secagg import SecAggExchange, secagg_counts
 
 __all__ = [
-    "ANSWER_TYPES", "MESSAGE_TYPE", "RECORD", "FlowerExchange", "client_app", "decode", "encode", "server_app",
-    "simulation_apps", "write_proxy_set",
+    "ANSWER_TYPES", "MESSAGE_TYPE", "RECORD", "FlowerExchange", "SecAggExchange", "client_app", "decode", "encode",
+    "secagg_counts", "server_app", "simulation_apps", "write_proxy_set",
 ]

@@ -1,9 +1,11 @@
 """The Flower apps: a ClientApp answering ECOS messages with its `ECOSClient`, a ServerApp running the sampler.
 
-    client_app(load_client)   load_client(context) -> ECOSClient, called once per client (the ClientApp
-                              process keeps it, so φ of its shard is computed once)
-    server_app(pool_features, sampler, budget, seed, out)   writes the proxy set to `out` (npz + json)
+    client_app(load_client)   load_client(context) -> ECOSClient, called once per client and process; it answers
+                              `query.ecos` (plain answers) and `train` under `secaggplus_mod` (SecAgg+)
+    server_app(pool_features, sampler, budget, seed, out, ...)   writes the proxy set to `out` (npz + json)
     simulation_apps(pipeline, out)   both, the clients being `pipeline.clients()` chosen by partition id
+    serverapp, clientapp      the app `flwr run .` runs ([tool.flwr.app.components]): both build train.py's
+                              pipeline from the run config (`ecos_pl.flower.run_config`)
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
 from flwr.serverapp import Grid, ServerApp
 
 from ecos_pl.flower.exchange import FlowerExchange, encode
+from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap, secagg_reply
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.messages import parse_message
 
@@ -43,20 +47,28 @@ def client_app(load_client) -> ClientApp:
     app = ClientApp()
     clients: dict[int, object] = {}
 
-    @app.query("ecos")
-    def answer(message: Message, context: Context) -> Message:
+    def client(context: Context):
         index = client_index(context)
         if index not in clients:
             clients[index] = load_client(context)
+        return index, clients[index]
+
+    @app.query("ecos")
+    def answer(message: Message, context: Context) -> Message:
+        index, me = client(context)
         request = parse_message(message.content.config_records["ecos"]["message"])
-        reply = clients[index].handle(request)
-        return Message(encode(reply, client=index), reply_to=message)
+        return Message(encode(me.handle(request), client=index), reply_to=message)
+
+    @app.train(mods=[secaggplus_mod])  # only SecAgg+'s stage 2 reaches this; the mod masks what it returns
+    def answer_masked(message: Message, context: Context) -> Message:
+        index, me = client(context)
+        return secagg_reply(message, me, index)
 
     return app
 
 
-def write_proxy_set(selection, out) -> dict:
-    """`out`/proxy_set.npz (indices) and `out`/proxy_set.json (sha1, counts, bytes); the json's dict."""
+def write_proxy_set(selection, out, **extra) -> dict:
+    """`out`/proxy_set.npz (indices) and `out`/proxy_set.json (sha1, counts, bytes, `extra`); the json's dict."""
     from ecos_pl.pipeline import sha1_of
 
     out = Path(out)
@@ -64,7 +76,7 @@ def write_proxy_set(selection, out) -> dict:
     np.savez(out / "proxy_set.npz", indices=selection.indices)
     summary = {"proxy_set_sha1": sha1_of(selection.indices), "n_selected": selection.n_selected,
                "n_centroids": selection.n_centroids, "bytes_down": selection.bytes_down, "bytes_up": selection.bytes_up,
-               "epsilon": selection.epsilon}
+               "epsilon": selection.epsilon, **extra}
     (out / "proxy_set.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -81,22 +93,40 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
-def server_app(pool_features, sampler, budget, seed, out, *, n_clients: int, min_answers: int | None = None,
-               timeout: float | None = 120.0, connect_timeout: float = 60.0) -> ServerApp:
-    """A ServerApp: waits for `n_clients` nodes, runs `sampler.sample` through a `FlowerExchange`, writes the proxy set.
+def serve(grid: Grid, context: Context, pool_features, sampler, budget, seed, out, *, n_clients: int,
+          min_answers: int | None = None, timeout: float | None = 120.0, connect_timeout: float = 60.0,
+          secagg: dict | None = None) -> dict:
+    """The cloud's run: wait for `n_clients` nodes, `sampler.sample` through a `FlowerExchange` (or, with `secagg`,
+    SecAggExchange's keywords, a `SecAggExchange`), write the proxy set; its summary.
 
     `min_answers` (default: all `n_clients`) is the fewest answers the round goes on with."""
+    fewest = n_clients if min_answers is None else min_answers
+    if secagg is not None:
+        check_no_client_cap(sampler)  # before anything is sent
+    nodes = wait_for_nodes(grid, n_clients, connect_timeout)
+    start = time.perf_counter()
+    if secagg is None:
+        exchange = FlowerExchange(grid, nodes, min_answers=fewest, timeout=timeout)
+    else:
+        exchange = SecAggExchange(grid, context, nodes, min_answers=fewest, timeout=timeout, **secagg)
+    selection = sampler.sample(pool_features, exchange, budget, seed)
+    answered = exchange.rounds[-1].n_clients
+    epsilons = exchange.client_epsilons[-1] if secagg is not None else None
+    summary = write_proxy_set(selection, out, n_clients=answered, secagg=secagg is not None,
+                              round_seconds=round(time.perf_counter() - start, 3),
+                              client_epsilons=None if epsilons is None else {str(k): v for k, v in sorted(epsilons.items())})
+    log.info("ECOS over Flower: %d clients answered%s; proxy set %s (%d samples)", answered,
+             " (summed by SecAgg+)" if secagg is not None else "", summary["proxy_set_sha1"], summary["n_selected"])
+    return summary
+
+
+def server_app(pool_features, sampler, budget, seed, out, **settings) -> ServerApp:
+    """A ServerApp running `serve` with these arguments (`settings`: serve's keywords)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = wait_for_nodes(grid, n_clients, connect_timeout)
-        exchange = FlowerExchange(grid, nodes, min_answers=n_clients if min_answers is None else min_answers,
-                                  timeout=timeout)
-        selection = sampler.sample(pool_features, exchange, budget, seed)
-        summary = write_proxy_set(selection, out)
-        log.info("ECOS over Flower: %d clients answered; proxy set %s (%d samples)", exchange.rounds[-1].n_clients,
-                 summary["proxy_set_sha1"], summary["n_selected"])
+        serve(grid, context, pool_features, sampler, budget, seed, out, **settings)
 
     return app
 
@@ -113,3 +143,41 @@ def simulation_apps(pipeline, out, **server) -> tuple[ServerApp, ClientApp]:
     budget = pipeline.budget if pipeline.sampler.uses_budget else None
     return (server_app(features, pipeline.sampler, budget, pipeline.seed, out, n_clients=pipeline.n_clients, **server),
             client_app(load))
+
+
+# ---------------------------------------------------------------------- the app `flwr run .` runs
+
+serverapp = ServerApp()
+
+
+@serverapp.main()
+def _serve_run_config(grid: Grid, context: Context) -> None:
+    """The cloud: train.py's pipeline from the run config; the pool's features only (the clients' data stay theirs)."""
+    from ecos_pl.flower.run_config import pipeline, run_settings
+
+    _show_ecos_log()
+    settings = run_settings(context.run_config)
+    p = pipeline(context.run_config)
+    serve(grid, context, p.pool_features, p.sampler, p.budget if p.sampler.uses_budget else None, p.seed,
+          settings.out, n_clients=settings.clients, min_answers=settings.min_answers, timeout=settings.timeout,
+          connect_timeout=settings.connect_timeout, secagg=settings.secagg)
+
+
+def _show_ecos_log() -> None:
+    """ecos_pl's INFO lines (the round's summary, SecAgg+'s "only masked vectors") in the ServerApp's log."""
+    logger = logging.getLogger("ecos_pl")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _client_from_run_config(context: Context):
+    """A device: shard `client-index` of train.py's client split (its seed too), scored with the shared φ."""
+    from ecos_pl.flower.run_config import pipeline
+
+    return pipeline(context.run_config).clients()[client_index(context)]
+
+
+clientapp = client_app(_client_from_run_config)

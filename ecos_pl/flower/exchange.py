@@ -51,23 +51,24 @@ def decode(content: RecordDict, expected) -> tuple[object, int | None]:
     return expected.from_bytes(data), None if client is None else int(client)
 
 
-class FlowerExchange(Exchange):
-    """The clients behind a Flower `Grid` (the ServerApp's): one message to each node, its answers back.
+class GridExchange(Exchange):
+    """What every exchange over a Flower `Grid` shares: the nodes to ask, the fewest answers, the timeout.
 
     `node_ids`: the nodes to ask (default: every node the grid knows when the round starts);
-    `min_answers`: the fewest answers a round goes on with (default 1); `timeout`: seconds to wait
-    for the answers (None: until every node has answered or failed).
+    `min_answers`: the fewest answers a round goes on with (at least `least`); `timeout`: seconds to
+    wait for the answers (None: until every node has answered or failed).
     """
+
+    #: the fewest answers any round of this exchange can go on with, and why (said when a smaller min_answers is refused)
+    least, least_why = 1, ""
 
     def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float | None = None):
         super().__init__()
         self.grid, self.timeout = grid, timeout
         self.min_answers = int(min_answers)
-        if self.min_answers < 1:
-            raise ECOSInputError(f"min_answers must be at least 1, got {min_answers!r}.")
+        if self.min_answers < self.least:
+            raise ECOSInputError(f"min_answers must be at least {self.least}{self.least_why}, got {min_answers!r}.")
         self._node_ids = None if node_ids is None else [int(n) for n in node_ids]
-        #: per round: the nodes whose answer was dropped, and why
-        self.dropped: list[dict[int, str]] = []
 
     def node_ids(self) -> list[int]:
         return sorted(int(n) for n in (self._node_ids if self._node_ids is not None else self.grid.get_node_ids()))
@@ -77,13 +78,27 @@ class FlowerExchange(Exchange):
         """The nodes there are to ask (`rounds[-1].n_clients`: those that answered)."""
         return len(self.node_ids())
 
+    def nodes_for_round(self) -> list[int]:
+        """The nodes to ask now; one sentence when they are fewer than `min_answers`."""
+        nodes = self.node_ids()
+        if len(nodes) < self.min_answers:
+            raise ECOSInputError(f"the Flower grid has {len(nodes)} nodes, fewer than min_answers={self.min_answers}.")
+        return nodes
+
+
+class FlowerExchange(GridExchange):
+    """The clients behind a Flower `Grid` (the ServerApp's): one message to each node, its answers back."""
+
+    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float | None = None):
+        super().__init__(grid, node_ids, min_answers=min_answers, timeout=timeout)
+        #: per round: the nodes whose answer was dropped, and why
+        self.dropped: list[dict[int, str]] = []
+
     def _deliver(self, message):
         expected = ANSWER_TYPES.get(type(message))
         if expected is None or not hasattr(message, "to_bytes"):
             raise ECOSInputError(f"a FlowerExchange carries centroids and proxy features, not a {type(message).__name__}.")
-        nodes = self.node_ids()
-        if len(nodes) < self.min_answers:
-            raise ECOSInputError(f"the Flower grid has {len(nodes)} nodes, fewer than min_answers={self.min_answers}.")
+        nodes = self.nodes_for_round()
         group = f"ecos-round-{len(self.rounds)}"
         out = [Message(encode(message), node, MESSAGE_TYPE, group_id=group) for node in nodes]
         start = time.perf_counter()

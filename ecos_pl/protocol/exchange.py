@@ -70,9 +70,14 @@ class Exchange(ABC):
 
     def send_and_receive(self, message) -> list:
         answers, seconds, macs = self._deliver(message)
-        self.rounds.append(Round(type(message).__name__, len(answers), int(message.nbytes),
-                                 int(sum(a.nbytes for a in answers)), float(seconds), int(macs)))
+        self.rounds.append(self._round(message, answers, float(seconds), int(macs)))
         return answers
+
+    def _round(self, message, answers: list, seconds: float, macs: int) -> Round:
+        """What the round cost: one answer per client that answered (a transport that hands back one aggregate,
+        as SecAgg+ does, says how many clients it stands for and what they uploaded)."""
+        return Round(type(message).__name__, len(answers), int(message.nbytes), int(sum(a.nbytes for a in answers)),
+                     seconds, macs)
 
 
 @dataclass
