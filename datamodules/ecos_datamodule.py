@@ -73,6 +73,8 @@ class ECOSDataModule(pl.LightningDataModule):
         self.proxy: DomainSplit | None = None
         self.proxy_targets: np.ndarray | None = None
         self.proxy_set_sha1_per_rank: list[str] = []
+        #: set by a semi-supervised scenario (`Scenario.unlabelled`; FixMatch): unlabelled pool samples join each step
+        self.unlabelled = None
 
     @classmethod
     def from_parts(cls, source, phi, sampler, *, batch_size: int = 64, eval_batch_size: int = 256, num_workers: int = 0,
@@ -102,7 +104,13 @@ class ECOSDataModule(pl.LightningDataModule):
         """The protocol's report, the labelling's fields and every rank's proxy-set hash, as one dict."""
         if self.protocol_report is None:
             return {}
-        return {**self.protocol_report.to_dict(), **self.label_report, "proxy_set_sha1_per_rank": self.proxy_set_sha1_per_rank}
+        return {**self.protocol_report.to_dict(), **self.label_report, **self.unlabelled_report,
+                "proxy_set_sha1_per_rank": self.proxy_set_sha1_per_rank}
+
+    @property
+    def unlabelled_report(self) -> dict:
+        """The unlabelled set's size and make-up (`ecos_pl.unlabelled`), once the training loader exists."""
+        return {} if self.unlabelled is None else self.unlabelled.report
 
     def prepare_data(self) -> None:
         self.pipeline.data  # builds and caches on disk once
@@ -171,8 +179,10 @@ class ECOSDataModule(pl.LightningDataModule):
         return make_loader(ImageArrayDataset(split, targets), batch_size=self.batch_size if train else self.eval_batch_size,
                            train=train, seed=self.seed, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
         split, targets = self._training_split()
+        if self.unlabelled is not None:  # scenario.ssl=fixmatch: labelled batches with unlabelled pool samples
+            return self.unlabelled.train_loader(self, split, targets)
         return self.loader(split, train=True, targets=targets)
 
     def val_dataloader(self) -> DataLoader | list:

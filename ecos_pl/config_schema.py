@@ -106,6 +106,33 @@ class TeacherSettings:
                 raise ECOSInputError(f"scenario.teacher.checkpoint={self.checkpoint!r} is not a file.")
 
 
+#: `scenario.ssl`: how the labelled scenarios train (`ecos_pl.scenarios.fixmatch`)
+SSL_METHODS = ("fixmatch", "none")
+
+
+@dataclass
+class FixMatchSettings:
+    """`scenario.fixmatch` (Sohn et al. 2020), defaults the paper's where it has one; read by `ecos_pl.scenarios.fixmatch`."""
+
+    threshold: float = 0.95          # τ: a pseudo-label counts where the weak view's max softmax is at least this
+    unlabelled_weight: float = 1.0   # λ_u, the unlabelled loss's weight
+    unlabelled_ratio: int = 2        # μ: unlabelled samples per labelled one in a step (the paper's 7 is ~9x slower on CPU)
+    randaugment_ops: int = 2         # torchvision v2.RandAugment's num_ops, on the strong view
+    randaugment_magnitude: int = 9   # and its magnitude, of 31 bins (torchvision's defaults)
+    cutout: float = 0.0              # probability of v2.RandomErasing (Cutout) on the strong view; 0: none
+    hflip: bool = False              # random horizontal flips on every view (digits are not mirror-symmetric)
+
+    def __post_init__(self):
+        _number("scenario.fixmatch.threshold", self.threshold, low=0.0, high=1.0)
+        _number("scenario.fixmatch.unlabelled_weight", self.unlabelled_weight, low=0.0)
+        _whole("scenario.fixmatch.unlabelled_ratio", self.unlabelled_ratio, 1)
+        _whole("scenario.fixmatch.randaugment_ops", self.randaugment_ops, 0)
+        _whole("scenario.fixmatch.randaugment_magnitude", self.randaugment_magnitude, 0)
+        if self.randaugment_magnitude > 30:
+            raise ECOSInputError(f"scenario.fixmatch.randaugment_magnitude must lie in [0, 30], got {self.randaugment_magnitude}.")
+        _number("scenario.fixmatch.cutout", self.cutout, low=0.0, high=1.0)
+
+
 @dataclass
 class ScenarioSettings:
     name: str = "compression"
@@ -116,9 +143,12 @@ class ScenarioSettings:
     mixup_alpha: float = 0.0
     temperature: Optional[float] = None  # compression: T of the distillation loss
     teacher: Optional[TeacherSettings] = None
+    ssl: str = "none"  # the labelled scenarios: fixmatch (semi-supervised on the cloud) or none
+    fixmatch: Optional[FixMatchSettings] = None
 
     def __post_init__(self):
         _whole("scenario.epochs", self.epochs, 1)
+        _one_of("scenario.ssl", self.ssl, SSL_METHODS)
         _number("scenario.lr", self.lr, low=0.0, low_open=True)
         _one_of("scenario.train_length", self.train_length, ("budget", "epochs"))
         _number("scenario.label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)

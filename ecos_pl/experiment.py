@@ -289,6 +289,8 @@ def results_table(results: dict):
         ("label_bytes_down", "label round bytes down"),
         ("label_bytes_up", "label round bytes up"),
         ("exchange_epsilon", "ε of the whole exchange (at label_delta)"),
+        ("n_unlabelled", "unlabelled pool samples (FixMatch)"),
+        ("unlabelled_in_domain_fraction", "unlabelled in-domain fraction"),
     ) if key in results]
     rows += [("training samples / optimizer steps", f"{results['n_trained']} / {results['train_steps']}")]
     rows += [(f"time: {k} (s)", float(v)) for k, v in results["timings"].items()]

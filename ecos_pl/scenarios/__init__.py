@@ -9,9 +9,11 @@ from ecos_pl.scenarios.scenario import Scenario, build_scenario
 
 
 def build_module(cfg, datamodule, make_trainer):
-    """(LightningModule, extra results): the scenario's teacher first (an explicit step), then its module."""
+    """(LightningModule, extra results): the scenario's teacher first (an explicit step), what the training loader
+    pairs the proxy set with (unlabelled pool samples for FixMatch, else nothing), then its module."""
     scenario = build_scenario(cfg)
     teacher, extra = scenario.teacher(cfg, datamodule, make_trainer)
+    datamodule.unlabelled = scenario.unlabelled(cfg)
     return scenario.module(cfg, datamodule, teacher), extra
 
 

@@ -114,14 +114,19 @@ class SupervisedModule(ProxyTrainingModule):
         super().__init__(model, **kwargs)  # saves label_smoothing and mixup_alpha in hparams too
 
     def augmented_loss(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        inputs, loss = self.mixed(x, batch["target"])
+        return loss(self(inputs))
+
+    def mixed(self, x: torch.Tensor, target: torch.Tensor):
+        """(inputs, their logits -> loss): mixup's convex mixes of pairs and of their targets when `mixup_alpha` > 0,
+        else `x` and the cross-entropy on `target` (FixMatch puts the inputs in a larger forward pass)."""
         if self.hparams.mixup_alpha <= 0:
-            return super().augmented_loss(x, batch)
+            return x, lambda logits: self.cross_entropy(logits, target)
         alpha = torch.tensor(float(self.hparams.mixup_alpha))
         lam = float(torch.distributions.Beta(alpha, alpha).sample())  # torch's RNG: seeded with the run
         perm = torch.randperm(len(x), device=x.device)
-        logits = self(lam * x + (1 - lam) * x[perm])
-        target = batch["target"]
-        return lam * self.cross_entropy(logits, target) + (1 - lam) * self.cross_entropy(logits, target[perm])
+        return lam * x + (1 - lam) * x[perm], (
+            lambda logits: lam * self.cross_entropy(logits, target) + (1 - lam) * self.cross_entropy(logits, target[perm]))
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
