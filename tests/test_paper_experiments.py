@@ -14,6 +14,8 @@ from ecos_pl.data.domainnet import DOMAINS as DOMAINNET
 from runs import train
 from test_data_sources import write_pngs
 
+#: the tiny run's settings without its data (the experiment chooses the data)
+PLAIN_SMOKE = ("debug=smoke", "logger=csv")
 #: small enough for trees of a few images per class (the sweeps' budgets are the paper's)
 SMALL = ("budget=12", "n_centroids=4", "scenario.epochs=1", "backbone.student=test_resnet", "backbone.teacher=test_resnet")
 
@@ -54,7 +56,7 @@ def test_the_paper_configs_sweep_the_papers_grid(tmp_path, name, data, scenario,
 
 def test_paper_digits5_runs_on_a_tree_in_its_layout(tmp_path, digits5_tree):
     run = train(tmp_path / "run", "experiment=paper_digits5", f"data.root={digits5_tree}", "data.client_domain=svhn",
-                "data.image_size=8", *SMALL, "scenario.labels.k=2", "scenario.labels.sampling_rate=1.0")
+                "data.image_size=8", *SMALL, "scenario.labels.k=2", "scenario.labels.sampling_rate=1.0", smoke=PLAIN_SMOKE)
     res = run.results
     assert res["data"] == "digits5" and res["client_domain"] == "svhn" and res["scenario"] == "pseudo_label"
     assert res["n_client_test"] == 8 and res["n_client_train"] + res["n_client_val"] == 20
@@ -63,7 +65,7 @@ def test_paper_digits5_runs_on_a_tree_in_its_layout(tmp_path, digits5_tree):
 
 def test_paper_domainnet_runs_with_the_official_test_lists(tmp_path, domainnet_tree):
     run = train(tmp_path / "run", "experiment=paper_domainnet", f"data.root={domainnet_tree}", "data.client_domain=sketch",
-                "data.image_size=8", *SMALL, "scenario.ssl=none")
+                "data.image_size=8", *SMALL, "scenario.ssl=none", smoke=PLAIN_SMOKE)
     res = run.results
     assert res["data"] == "domainnet" and res["scenario"] == "label_outsourcing"
     listed = len((domainnet_tree / "sketch_test.txt").read_text().splitlines())

@@ -16,8 +16,9 @@ Images directly in a domain (or train/test) folder are out-of-class (label NONE_
 Split, as in the paper: one domain is the client, the other four are the pool.
 The client trains on its domain's `train/` images and is tested on its `test/` images
 (if it has no `test/` folder, or is flat, `test_fraction` of its images are carved out as
-the test split, class-stratified and seeded). The pool holds every image of the other
-four domains (train and test). `max_per_domain` caps, by a seeded class-stratified choice,
+the test split, class-stratified and seeded). The pool holds the training parts of the
+other four domains (`train/`, or every image of a flat domain); their `test/` images are in
+no split, as in the paper. `max_per_domain` caps, by a seeded class-stratified choice,
 each pool domain and each of the client's train and test folders.
 """
 
@@ -94,7 +95,7 @@ def split_digits5(
     for k, domain in enumerate(DOMAINS):
         if domain == client_domain:
             continue
-        chunks = [f.labelled(class_names) for _, f in scanned[domain]]
+        chunks = [f.labelled(class_names) for part, f in scanned[domain] if part != "test"]  # the paper's: training parts only
         paths = [p for c in chunks for p in c[0]]
         labels = np.concatenate([c[1] for c in chunks])
         keep = cap_images(labels, max_per_domain, rng_for(seed, _KEY_CAP + k))
