@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--data", default="digits5_lite")
     ap.add_argument("--budgets", type=int, nargs="+", default=[400, 1000, 3000])
     ap.add_argument("--samplers", nargs="+", default=["ecos", "random", "kcenter", "full"])
-    ap.add_argument("--domains", nargs="+", default=["mnistm"])
+    ap.add_argument("--domains", nargs="+", default=None, help="client domains (default: the data config's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--steps", type=int, default=280, help="optimizer steps of every run (the default run's at B = 400)")
     ap.add_argument("--batch", type=int, default=64, help="datamodule.batch_size (conf/train.yaml)")
@@ -53,13 +53,13 @@ def main(argv: list[str]) -> int:
     found: dict[tuple[str, int], list[dict]] = {}
     for budget in args.budgets:
         for sampler in args.samplers:
-            for domain in args.domains:
+            for domain in args.domains or [None]:
                 for seed in args.seeds:
                     epochs = max(1, round(args.steps / math.ceil(budget / args.batch)))
-                    overrides = [f"scenario={args.scenario}", f"data={args.data}", f"data.client_domain={domain}",
-                                 f"sampler={sampler}", f"budget={budget}", f"scenario.epochs={epochs}", f"seed={seed}",
+                    where = [] if domain is None else [f"data.client_domain={domain}"]
+                    overrides = [f"scenario={args.scenario}", f"data={args.data}", *where, f"sampler={sampler}", f"budget={budget}", f"scenario.epochs={epochs}", f"seed={seed}",
                                  f"datamodule.batch_size={args.batch}", "logger=csv", *args.overrides]
-                    kept = run_kept(overrides, runs_dir / f"{sampler}-b{budget}-{domain}-seed{seed}.json")
+                    kept = run_kept(overrides, runs_dir / f"{sampler}-b{budget}-{domain or 'default'}-seed{seed}.json")
                     if kept is None:
                         return 1
                     found.setdefault((sampler, budget), []).append(kept)
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     steps = " · ".join(f"B = {p['budget']}: {p['steps']} steps" for p in curve[args.samplers[0]])
     best = max(curve.get("ecos", []), key=lambda p: p["val"] or 0.0, default=None)
-    text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains} and seeds {args.seeds}; {steps} for every sampler.\n"
+    text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains or 'of the data config'} and seeds {args.seeds}; {steps} for every sampler.\n"
     if best is not None and best["val"] is not None:
         text += f"ECOS's best budget by validation accuracy: B = {best['budget']}.\n"
     title = f"Budget curve: {args.scenario} on {args.data}, about {args.steps} optimizer steps per run"

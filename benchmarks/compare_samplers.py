@@ -181,8 +181,9 @@ def main(argv: list[str]) -> int:
     print(table)
     stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
     write_text_atomic(stem.with_suffix(".md"), table)
-    write_json_atomic({"title": title, "scenario": scenario, "data": data, "domains": domains, "overrides": overrides,
-                       "runs": rows}, stem.with_suffix(".json"))
+    command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
+    write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "domains": domains,
+                       "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
     if data == "digits5_lite":
         from results_md import write_results

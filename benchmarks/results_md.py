@@ -26,7 +26,6 @@ PAPER = {
     "label_outsourcing": {"anchor": "selective labelling, DomainNet avg of 6 clients, B = 1000",
                           "ecos": 82.5, "kcenter": 72.0, "random": 79.9, "local": 80.6},
 }
-COMMAND = "uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario={scenario} samplers=[ecos,kcenter,random,full,oracle_central]"
 
 
 def _mean(values) -> float | None:
@@ -95,8 +94,7 @@ def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
             continue
         rows, domains, scenario = table["runs"], table["domains"], table["scenario"]
         teacher = _mean([r.get("teacher_test_acc") for r in next(iter(rows.values()))])
-        parts += [f"## {table['title']}", "", "```bash", COMMAND.format(scenario=scenario)
-                  + "".join(f" {o}" for o in table["overrides"] if not o.startswith(("scenario=", "data="))), "```", "",
+        parts += [f"## {table['title']}", "", "```bash", table["command"], "```", "",
                   per_domain_table(rows, domains), margins_table(rows, domains, scenario)]
         if teacher is not None:
             parts.append(f"Teacher (pool-trained unless the title says otherwise) on the client's test split: {100 * teacher:.1f}% "

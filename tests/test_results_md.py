@@ -22,7 +22,8 @@ def test_results_and_readme_summary_come_from_the_json(tmp_path):
     results.mkdir()
     rows = {"ecos": [run("ecos", "mnist", 1, 0.80), run("ecos", "svhn", 1, 0.60)],
             "random": [run("random", "mnist", 1, 0.70), run("random", "svhn", 1, 0.55)]}
-    table = {"title": "compression on digits5_lite", "scenario": "compression", "data": "digits5_lite", "domains": ["mnist", "svhn"],
+    command = "uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=compression"
+    table = {"title": "compression on digits5_lite", "command": command, "scenario": "compression", "data": "digits5_lite", "domains": ["mnist", "svhn"],
              "overrides": ["scenario=compression", "data=digits5_lite"], "runs": rows}
     (results / "compare_samplers-compression-digits5_lite.json").write_text(json.dumps(table))
     readme = tmp_path / "README.md"
@@ -34,7 +35,22 @@ def test_results_and_readme_summary_come_from_the_json(tmp_path):
     assert out == tmp_path / "RESULTS.md"
     assert "| ecos | 80.0 | 60.0 | **70.0** |" in text and "| random | 70.0 | 55.0 | **62.5** |" in text
     assert "| random | +7.5 | +2.2 |" in text  # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4
-    assert "uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=compression" in text
+    assert f"```bash\n{command}\n```" in text
     summary = readme.read_text()
     assert summary.startswith("intro\n") and summary.endswith("rest\n") and "old" not in summary
     assert "| compression | 70.0 | 62.5 | +7.5 (+2.2) | 2 × 1 |" in summary
+
+
+def test_budget_curve_runs_every_sampler_at_every_budget_at_equal_steps(tmp_path, isolated_cache):
+    import budget_curve
+
+    out = tmp_path / "results"
+    code = budget_curve.main(["--data", "digits_lite", "--budgets", "40", "120", "--samplers", "ecos", "full",
+                              "--steps", "4", "--batch", "20", "--out", str(out), "debug=smoke", "callbacks=none"])
+    assert code == 0
+    curve = json.loads((out / "budget_curve-compression-digits_lite.json").read_text())
+    assert [p["budget"] for p in curve["curve"]["ecos"]] == [40, 120]
+    # equal steps at each budget: the pool (full) trains exactly as long as the proxy set
+    assert [p["steps"] for p in curve["curve"]["ecos"]] == [p["steps"] for p in curve["curve"]["full"]]
+    assert all(p["test"] is not None and p["val"] is not None for s in curve["curve"].values() for p in s)
+    assert (out / "budget_curve-compression-digits_lite.png").stat().st_size > 1000
