@@ -43,7 +43,7 @@ def test_the_paper_configs_sweep_the_papers_grid(tmp_path, name, data, scenario,
     assert params["seed"] == "1,2,3" and params["sampler"] == "ecos,kcenter,random"
 
 
-def test_paper_digits5_runs_on_a_tree_in_its_layout(tmp_path, digits5_tree):
+def test_paper_digits5_runs_on_a_tree_in_its_layout(tmp_path, digits5_tree):  # noqa: F811 - the imported fixture
     run = train(tmp_path / "run", "experiment=paper_digits5", f"data.root={digits5_tree}", "data.client_domain=svhn",
                 "data.image_size=8", *SMALL, "scenario.labels.k=2", "scenario.labels.sampling_rate=1.0", smoke=PLAIN_SMOKE)
     res = run.results
