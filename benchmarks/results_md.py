@@ -94,7 +94,7 @@ def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
             continue
         rows, domains, scenario = table["runs"], table["domains"], table["scenario"]
         teacher = _mean([r.get("teacher_test_acc") for r in next(iter(rows.values()))])
-        parts += [f"## {table['title']}", "", "```bash", table["command"], "```", "",
+        parts += [f"## {table['title']}", "", "```bash", table.get("command", "(command not recorded)"), "```", "",
                   per_domain_table(rows, domains), margins_table(rows, domains, scenario)]
         if teacher is not None:
             parts.append(f"Teacher (pool-trained unless the title says otherwise) on the client's test split: {100 * teacher:.1f}% "
