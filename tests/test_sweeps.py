@@ -18,7 +18,7 @@ def test_logged_config_is_resolved_and_has_no_copies(tmp_path):
     assert "${" not in text
     assert logged["seed"] == 3 and logged["budget"] == 50
     assert "budget" not in logged["datamodule"] and "seed" not in logged["datamodule"]  # wiring, not settings
-    assert logged["logger"]["save_dir"] == str(tmp_path) and logged["logger"]["group"] == "compression-digits_lite"
+    assert logged["logger"]["save_dir"] == str(tmp_path) and logged["logger"]["group"] == "compression-digits5_lite"
     assert logged["cache_dir"].startswith("/")  # an oc.env resolver is resolved, not dropped
 
 
