@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,13 +25,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare_samplers import run_kept  # noqa: E402
+from results_md import _mean  # noqa: E402
 
 from ecos_pl.atomic import write_atomic, write_json_atomic  # noqa: E402
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else None
 
 
 def main(argv: list[str]) -> int:

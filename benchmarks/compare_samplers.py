@@ -70,11 +70,11 @@ def config_sha1(overrides: list[str]) -> str:
     A kept run is reused only when its config hash matches, so changing a config file
     (not only the command line) reruns the runs it affects instead of reusing stale ones.
     """
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[o for o in overrides if not o.startswith("results_file=")])
+    from ecos_pl.compose import train_config
+
+    cfg = train_config(*(o for o in overrides if not o.startswith("results_file=")))
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 

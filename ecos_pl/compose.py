@@ -17,10 +17,15 @@ import ecos_pl.conf_store  # noqa: F401 - the protocol settings nodes (protocol/
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def train_config(*overrides: str, hydra_node: bool = False) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, as `train.py` composes it (with Hydra's own node if asked)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
 def app_config(output_dir: Path | str, *overrides: str) -> DictConfig:
     """The composed config with Hydra's own node, made the current HydraConfig (as inside `@hydra.main`)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    cfg = train_config(*overrides, hydra_node=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)

@@ -84,13 +84,10 @@ def run_settings(run_config: dict) -> RunSettings:
 
 def train_config(overrides):
     """conf/train.yaml composed with `overrides` (as `train.py` composes it) and validated."""
-    from hydra import compose, initialize_config_dir
-
-    import ecos_pl.conf_store  # noqa: F401 - the protocol/* nodes conf/ extends
+    from ecos_pl import compose
     from ecos_pl.config_schema import validate_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+    cfg = compose.train_config(*overrides)
     validate_config(cfg)
     return cfg
 
