@@ -42,14 +42,44 @@ def domain_means(rows: dict[str, list[dict]], domains: list[str], key: str = "cl
     return out
 
 
+def seed_averages(rows: dict[str, list[dict]], domains: list[str], sampler: str, key: str = "client_test_acc") -> dict[int, float]:
+    """{seed: `sampler`'s accuracy averaged over the client domains} for the seeds that ran every domain."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in rows.get(sampler, []):
+        if r.get(key) is not None and r.get("client_domain") in domains:
+            by_seed.setdefault(r["seed"], {})[r["client_domain"]] = r[key]
+    return {seed: statistics.mean(v.values()) for seed, v in sorted(by_seed.items()) if len(v) == len(domains)}
+
+
+def _spread(values: list[float]) -> str:
+    """` ± sd` over seeds, in points (nothing for a single seed)."""
+    return f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+
+
 def per_domain_table(rows: dict[str, list[dict]], domains: list[str]) -> str:
     means = domain_means(rows, domains)
     lines = ["| sampler | " + " | ".join(domains) + " | average |", "|---" * (len(domains) + 2) + "|"]
     for sampler, by in means.items():
         cells = [f"{100 * by[d]:.1f}" if d in by else "—" for d in domains]
         avg = _mean(by.values()) if len(by) == len(domains) else None
-        lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {'—' if avg is None else f'**{100 * avg:.1f}**'} |")
-    return "Client test accuracy (%), mean over seeds, per client domain:\n\n" + "\n".join(lines) + "\n"
+        spread = _spread(list(seed_averages(rows, domains, sampler).values()))
+        lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {'—' if avg is None else f'**{100 * avg:.1f}**{spread}'} |")
+    return ("Client test accuracy (%), mean over seeds, per client domain (average: ± sd of the seeds' averages):\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def means_line(rows: dict[str, list[dict]], key: str, label: str) -> str | None:
+    """One line: each sampler's mean of `key` over every run (None when no run reports it)."""
+    cells = [f"{s} {100 * m:.1f}" for s, runs in rows.items() if (m := _mean([r.get(key) for r in runs])) is not None]
+    return f"{label} (%, mean over domains and seeds): " + " · ".join(cells) + ".\n" if cells else None
+
+
+def paired_wins(rows: dict[str, list[dict]], over: str) -> tuple[int, int]:
+    """(client domain × seed pairs where ECOS's test accuracy is above `over`'s, pairs both ran)."""
+    theirs = {(r.get("client_domain"), r["seed"]): r.get("client_test_acc") for r in rows.get(over, [])}
+    pairs = [(r["client_test_acc"], theirs[(r.get("client_domain"), r["seed"])]) for r in rows.get("ecos", [])
+             if theirs.get((r.get("client_domain"), r["seed"])) is not None and r.get("client_test_acc") is not None]
+    return sum(a > b for a, b in pairs), len(pairs)
 
 
 def margins(rows: dict[str, list[dict]], domains: list[str], over: str) -> float | None:
@@ -64,12 +94,17 @@ def margins(rows: dict[str, list[dict]], domains: list[str], over: str) -> float
 def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str | None = None) -> str:
     scenario = scenario or next(iter(rows.values()))[0]["scenario"]
     paper = PAPER.get(scenario, {})
-    lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) |", "|---|---|---|"]
+    lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) | ECOS ahead (domain × seed pairs) |", "|---|---|---|---|"]
+    ecos_seeds = seed_averages(rows, domains, "ecos")
     for over in ("random", "kcenter", "full", "oracle_central", "local"):
         ours = margins(rows, domains, over)
         theirs = paper["ecos"] - paper[over] if over in paper else None
         if ours is not None or theirs is not None:
-            lines.append(f"| {over} | {'—' if ours is None else f'{ours:+.1f}'} | {'—' if theirs is None else f'{theirs:+.1f}'} |")
+            other = seed_averages(rows, domains, over)
+            spread = _spread([ecos_seeds[s] - other[s] for s in ecos_seeds if s in other])
+            won, pairs = paired_wins(rows, over)
+            lines.append(f"| {over} | {'—' if ours is None else f'{ours:+.1f}{spread}'} | {'—' if theirs is None else f'{theirs:+.1f}'} | "
+                         f"{f'{won} of {pairs}' if pairs else '—'} |")
     anchor = f"Paper's anchor: {paper['anchor']}.\n\n" if paper else ""
     return anchor + "\n".join(lines) + "\n"
 
@@ -96,6 +131,8 @@ def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
         teacher = _mean([r.get("teacher_test_acc") for r in next(iter(rows.values()))])
         parts += [f"## {table['title']}", "", "```bash", table.get("command", "(command not recorded)"), "```", "",
                   per_domain_table(rows, domains), margins_table(rows, domains, scenario)]
+        parts += [line for line in (means_line(rows, "client_val_acc", "Client validation accuracy"),
+                                    means_line(rows, "pseudo_label_acc", "Pseudo-labels right, of those kept")) if line]
         if teacher is not None:
             parts.append(f"Teacher (pool-trained unless the title says otherwise) on the client's test split: {100 * teacher:.1f}% "
                          "(mean over domains and seeds).\n")
@@ -130,9 +167,11 @@ def summary_table(results_dir: Path) -> str:
         means = domain_means(table["runs"], table["domains"])
         cells = [f"{100 * _mean(means[s].values()):.1f}" if means.get(s) else "—" for s in shown]
         ours, paper = margins(table["runs"], table["domains"], "random"), PAPER.get(scenario, {})
+        ecos_seeds, random_seeds = (seed_averages(table["runs"], table["domains"], s) for s in ("ecos", "random"))
+        spread = _spread([ecos_seeds[s] - random_seeds[s] for s in ecos_seeds if s in random_seeds])
         theirs = f"{paper['ecos'] - paper['random']:+.1f}" if paper else "—"
         seeds = len({r["seed"] for r in table["runs"].get("ecos", [])})
-        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}'} ({theirs}) | "
+        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}{spread}'} ({theirs}) | "
                      f"{len(table['domains'])} × {seeds} |")
     return "\n".join(lines)
 

@@ -34,11 +34,33 @@ def test_results_and_readme_summary_come_from_the_json(tmp_path):
     text = out.read_text()
     assert out == tmp_path / "RESULTS.md"
     assert "| ecos | 80.0 | 60.0 | **70.0** |" in text and "| random | 70.0 | 55.0 | **62.5** |" in text
-    assert "| random | +7.5 | +2.2 |" in text  # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4
+    assert "| random | +7.5 | +2.2 | 2 of 2 |" in text  # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4
     assert f"```bash\n{command}\n```" in text
     summary = readme.read_text()
     assert summary.startswith("intro\n") and summary.endswith("rest\n") and "old" not in summary
     assert "| compression | 70.0 | 62.5 | +7.5 (+2.2) | 2 × 1 |" in summary
+
+
+def test_several_seeds_give_the_spread_of_the_seeds_averages_and_paired_wins(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    # seed 1: ecos 0.8/0.6 (avg 0.7), random 0.7/0.65 (0.675); seed 2: ecos 0.7/0.5 (0.6), random 0.5/0.6 (0.55)
+    rows = {"ecos": [run("ecos", "mnist", 1, 0.8), run("ecos", "svhn", 1, 0.6), run("ecos", "mnist", 2, 0.7), run("ecos", "svhn", 2, 0.5)],
+            "random": [run("random", "mnist", 1, 0.7), run("random", "svhn", 1, 0.65), run("random", "mnist", 2, 0.5),
+                       run("random", "svhn", 2, 0.6)]}
+    for r in rows["ecos"]:
+        r["client_val_acc"] = 0.5
+    table = {"title": "t", "command": "c", "scenario": "compression", "data": "digits5_lite", "domains": ["mnist", "svhn"], "runs": rows}
+    (results / "compare_samplers-compression-digits5_lite.json").write_text(json.dumps(table))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{results_md.SUMMARY_START}\n{results_md.SUMMARY_END}\n")
+
+    text = results_md.write_results(results, readme).read_text()
+
+    assert "| ecos | 75.0 | 55.0 | **65.0** ± 7.1 |" in text  # seeds' averages 70 and 60
+    assert "| random | +3.8 ± 1.8 | +2.2 | 2 of 4 |" in text  # per seed +2.5 and +5.0; ECOS ahead on mnist twice only
+    assert "Client validation accuracy (%, mean over domains and seeds): ecos 50.0." in text
+    assert "| compression | 65.0 | 61.3 | +3.8 ± 1.8 (+2.2) | 2 × 2 |" in readme.read_text()
 
 
 def test_budget_curve_runs_every_sampler_at_every_budget_at_equal_steps(tmp_path, isolated_cache):
