@@ -109,10 +109,17 @@ def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str
     return anchor + "\n".join(lines) + "\n"
 
 
-def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
+#: the benchmarks' own results folder: only its tables reach the README
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def write_results(results_dir: Path, readme: Path | None = None) -> Path:
     """Rebuild RESULTS.md from every compare_samplers / budget_curve JSON of digits5_lite in `results_dir`,
-    and the summary table between README's markers."""
+    and the summary table between the markers of `readme` (None: the repository's README, and only when
+    `results_dir` is the benchmarks' own folder: a run with `out=` elsewhere leaves the README alone)."""
     results_dir = Path(results_dir)
+    if readme is None and results_dir.resolve() == RESULTS_DIR.resolve():
+        readme = ROOT / "README.md"
     parts = [
         "# Results on the embedded Digits-5 (`digits5_lite`)",
         "",
@@ -143,7 +150,8 @@ def write_results(results_dir: Path, readme: Path = ROOT / "README.md") -> Path:
             parts += [f"![budget curve]({Path(curve['figure']).relative_to(results_dir.parent).as_posix()})", ""]
     out = results_dir.parent / "RESULTS.md"
     write_text_atomic(out, "\n".join(parts).rstrip() + "\n")
-    write_readme_summary(results_dir, readme)
+    if readme is not None:
+        write_readme_summary(results_dir, readme)
     return out
 
 
