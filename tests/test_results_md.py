@@ -86,3 +86,17 @@ def test_results_written_elsewhere_leave_the_readme_alone(tmp_path):
     results.mkdir()
     results_md.write_results(results)
     assert (tmp_path / "RESULTS.md").exists() and readme.read_bytes() == before
+
+
+def test_label_privacy_labels_the_configured_proxy_set_with_the_configured_settings(tmp_path, isolated_cache, monkeypatch):
+    import label_privacy
+
+    out = tmp_path / "label_privacy.json"
+    monkeypatch.setattr(sys, "argv", ["label_privacy.py", "--seeds", "1", "--config-only", "--json", str(out),
+                                      "data=digits_lite", "debug=smoke", "scenario.labels.k=10"])
+    label_privacy.main()
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]  # the configured setting only, with the override applied
+    assert (row["k"], row["sigma"], row["sampling_rate"], row["threshold"]) == (10, 4.0, 0.2, 0.3)
+    assert report["budget"] == 120 and 0.0 < row["kept"] <= 1.0 and 0.0 <= row["label_acc"] <= 1.0
+    assert row["exchange_epsilon"] > report["scores"]["epsilon"]  # the labels cost privacy on top of the scores
