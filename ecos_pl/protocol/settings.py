@@ -121,7 +121,8 @@ class Labelling(_Settings):
 
     Defaults chosen by benchmarks/label_privacy.py on pseudo-label accuracy against the
     pool's truth (never the client's test split): the most accurate setting whose whole
-    exchange (scores at ε = 0.58 + 400 labels) costs ε ≤ 8 at δ = 1e-5.
+    exchange (scores at ε = 0.58 + 400 labels) costs ε ≤ 8 at δ = 1e-5 (on digits_lite, and
+    again on digits5_lite, every client domain, seeds 1-3: docs/privacy.md).
     """
 
     prefix = "scenario.labels."
