@@ -465,7 +465,8 @@ def _kind_class(spec) -> type[FeatureExtractor]:
 
 def check_phi_spec(spec) -> dict:
     """The spec as a φ file's reader will check it (kind allowed, every field known and bounded)."""
-    _check_fields(_kind_class(spec), spec)
+    cls = _kind_class(spec)
+    cls.check_spec(spec) if cls is ConcatFeatures else _check_fields(cls, spec)
     return spec
 
 
@@ -483,7 +484,10 @@ def spec_from_config(config) -> dict:
         raise ECOSInputError(
             f"φ config names {target!r:.120}, which is not a φ class this program builds ({', '.join(PHI_TARGETS)}); nothing was run."
         )
-    return {"kind": PHI_TARGETS[target], **{k: v for k, v in config.items() if k != "_target_"}}
+    spec = {"kind": PHI_TARGETS[target], **{k: v for k, v in config.items() if k != "_target_"}}
+    if spec["kind"] == ConcatFeatures.kind and isinstance(spec.get("parts"), dict):  # each part is a φ config itself
+        spec["parts"] = {k: spec_from_config(v) for k, v in spec["parts"].items()}
+    return spec
 
 
 class ConcatFeatures(FeatureExtractor):
@@ -492,10 +496,13 @@ class ConcatFeatures(FeatureExtractor):
     ECOS senses the client's domain through φ. On Digits-5 the domain nearest by style need not be
     nearest by shape: MNIST-M is MNIST's strokes over photos, and a style-only φ sends its budget to
     the printed, colourful digits. With unit-norm parts, the squared distance is the weighted sum of
-    the parts' squared distances. Runs in `train.py`; a φ file cannot carry it (no `kind`).
+    the parts' squared distances. A φ file carries it as kind `concat`: each part a spec of one of
+    the other kinds (no nesting), its tensors prefixed with the part's name.
     """
 
-    name = "concat"
+    name = kind = "concat"
+    #: a φ file's parts: at most this many, named like identifiers
+    MAX_PARTS, _PART_NAME = 4, re.compile(r"[a-z][a-z0-9_]{0,31}")
 
     def __init__(self, parts: dict[str, FeatureExtractor], weights: dict[str, float] | None = None):
         if not parts:
@@ -525,3 +532,50 @@ class ConcatFeatures(FeatureExtractor):
         for part in self.parts.values():
             part.to(device)
         return self
+
+    def spec(self):
+        return {"kind": self.kind, "parts": {k: p.spec() for k, p in self.parts.items()},
+                "weights": {k: float(self.weights[k]) for k in self.parts}}
+
+    @classmethod
+    def check_spec(cls, spec) -> dict:
+        """{part name: its checked spec}; the fields are `parts` and `weights` only, every part one of the other kinds."""
+        if not isinstance(spec, dict) or set(spec) - {"kind", "parts", "weights"}:
+            raise ECOSInputError("φ kind 'concat' has the fields parts and weights only.")
+        parts, weights = spec.get("parts"), spec.get("weights", {})
+        if not isinstance(parts, dict) or not 1 <= len(parts) <= cls.MAX_PARTS or not isinstance(weights, dict):
+            raise ECOSInputError(f"φ kind 'concat' needs 1 to {cls.MAX_PARTS} parts and a mapping of weights.")
+        for name, part in parts.items():
+            if not isinstance(name, str) or not cls._PART_NAME.fullmatch(name):
+                raise ECOSInputError(f"φ concat part name {name!r:.40} is not a lower-case identifier.")
+            if isinstance(part, dict) and part.get("kind") == cls.kind:
+                raise ECOSInputError("φ concat parts cannot themselves be concat.")
+            check_phi_spec(part)
+        for name, w in weights.items():
+            if name not in parts or isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ECOSInputError(f"φ concat weight {name!r:.40} must be a number for one of its parts.")
+        return parts
+
+    @classmethod
+    def from_spec(cls, spec, *, weights=False, state_shapes=None):
+        parts = cls.check_spec(spec)
+        if state_shapes is not None:
+            stray = sorted(k for k in state_shapes if k.split(".", 1)[0] not in parts)
+            if stray:
+                raise ECOSInputError(f"φ concat state tensor {stray[0]!r:.80} belongs to none of its parts.")
+        built = {name: phi_from_spec(part, weights=weights, state_shapes=None if state_shapes is None else
+                                     {k.split(".", 1)[1]: v for k, v in state_shapes.items() if k.split(".", 1)[0] == name})
+                 for name, part in parts.items()}
+        return cls(built, spec.get("weights"))
+
+    def state_tensors(self):
+        return {f"{name}.{k}": v for name, part in self.parts.items() for k, v in part.state_tensors().items()}
+
+    def load_state_tensors(self, tensors, image_size):
+        for name, part in self.parts.items():
+            part.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name}, image_size)
+        return self
+
+
+PHI_KINDS[ConcatFeatures.kind] = ConcatFeatures
+PHI_TARGETS[f"{ConcatFeatures.__module__}.{ConcatFeatures.__qualname__}"] = ConcatFeatures.kind

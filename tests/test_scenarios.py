@@ -357,3 +357,36 @@ def test_concat_phi_is_its_weighted_unit_parts_side_by_side():
         ConcatFeatures({"shape": HOGFeatures(8)}, weights={"shape": 0})
     with pytest.raises(ECOSInputError, match=r"^phi\.weights names colour, which phi\.parts does not \(shape\)\."):
         ConcatFeatures({"shape": HOGFeatures(8)}, weights={"colour": 1.0})
+
+
+def test_concat_phi_round_trips_through_a_phi_file_and_refuses_bad_specs(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ecos_pl.phi import ConcatFeatures, HOGFeatures, PCAPixels, phi_from_spec
+    from ecos_pl.phi_file import load_phi_file
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    phi = ConcatFeatures({"style": PCAPixels(8), "shape": HOGFeatures(8)}, weights={"shape": 0.5}).fit(images)
+    path = tmp_path / "phi.safetensors"
+    path.write_bytes(phi.to_bytes(16))
+    back, size = load_phi_file(path)
+    assert isinstance(back, ConcatFeatures) and size == 16 and back.fingerprint() == phi.fingerprint()
+    np.testing.assert_allclose(back.transform(images), phi.transform(images), rtol=1e-5, atol=1e-6)
+    assert sorted({k.split(".")[0] for k in load_file(path)} - {"probe"}) == ["shape", "style"]
+
+    spec = phi.spec()
+    bad = [({**spec, "code": "x"}, "fields parts and weights only"),
+           ({**spec, "parts": {"inner": spec}}, "cannot themselves be concat"),
+           ({**spec, "parts": {"Bad.Name": spec["parts"]["shape"]}, "weights": {}}, "not a lower-case identifier"),
+           ({**spec, "parts": {f"p{i}": spec["parts"]["shape"] for i in range(5)}, "weights": {}}, "1 to 4 parts"),
+           ({**spec, "weights": {"shape": "1"}}, "must be a number"),
+           ({**spec, "parts": {"style": {"kind": "numpy.savetxt"}}}, "is not one this program builds")]
+    for wrong, sentence in bad:
+        with pytest.raises(ECOSInputError, match=sentence):
+            phi_from_spec(wrong)
+    # a tensor that belongs to no part is refused before anything is built
+    tensors = load_file(path)
+    save_file({**tensors, "stray.x": tensors["probe.features"].clone()}, str(tmp_path / "stray.safetensors"),
+              metadata=__import__("safetensors").safe_open(str(path), "pt").metadata())
+    with pytest.raises(ECOSInputError, match="belongs to none of its parts"):
+        load_phi_file(tmp_path / "stray.safetensors")

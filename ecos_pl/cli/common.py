@@ -297,14 +297,16 @@ def phi_preset_names() -> list[str]:
 
 
 def phi_preset(name: str, seed: int) -> dict:
-    """A φ preset from conf/phi/<name>.yaml, resolved with `seed` (train.py's `${seed}`), as a plain dict."""
+    """A φ preset from conf/phi/<name>.yaml as train.py composes it (its own defaults, e.g. style_hog's parts),
+    resolved with `seed` (train.py's `${seed}`), as a plain dict."""
     from omegaconf import OmegaConf
+
+    from ecos_pl.compose import train_config
 
     if name not in phi_preset_names():  # a name, never a path to some other yaml
         names = ", ".join(phi_preset_names()) or "(none found: no conf/ folder next to the package)"
         raise ECOSInputError(f"--phi {name} is neither a φ file nor a preset of conf/phi/ ({names}).")
-    root = OmegaConf.create({"seed": int(seed), "phi": OmegaConf.load(CONF_DIR / "phi" / f"{name}.yaml")})
-    return OmegaConf.to_container(root.phi, resolve=True)
+    return OmegaConf.to_container(train_config(f"phi={name}", f"seed={int(seed)}").phi, resolve=True)
 
 
 def build_phi(config: dict, flag: str = "--phi"):
