@@ -556,15 +556,22 @@ class ConcatFeatures(FeatureExtractor):
                 raise ECOSInputError(f"φ concat weight {name!r:.40} must be a number for one of its parts.")
         return parts
 
+    @staticmethod
+    def _by_part(state: dict, parts) -> dict[str, dict]:
+        """{part: {its own tensor name: value}} from `part.name` keys; a key of no part is refused."""
+        out = {name: {} for name in parts}
+        for key, value in state.items():
+            name, dot, rest = key.partition(".")
+            if not dot or name not in out:
+                raise ECOSInputError(f"φ concat state tensor {key!r:.80} belongs to none of its parts.")
+            out[name][rest] = value
+        return out
+
     @classmethod
     def from_spec(cls, spec, *, weights=False, state_shapes=None):
         parts = cls.check_spec(spec)
-        if state_shapes is not None:
-            stray = sorted(k for k in state_shapes if k.split(".", 1)[0] not in parts)
-            if stray:
-                raise ECOSInputError(f"φ concat state tensor {stray[0]!r:.80} belongs to none of its parts.")
-        built = {name: phi_from_spec(part, weights=weights, state_shapes=None if state_shapes is None else
-                                     {k.split(".", 1)[1]: v for k, v in state_shapes.items() if k.split(".", 1)[0] == name})
+        shapes = None if state_shapes is None else cls._by_part(state_shapes, parts)
+        built = {name: phi_from_spec(part, weights=weights, state_shapes=None if shapes is None else shapes[name])
                  for name, part in parts.items()}
         return cls(built, spec.get("weights"))
 
@@ -572,10 +579,9 @@ class ConcatFeatures(FeatureExtractor):
         return {f"{name}.{k}": v for name, part in self.parts.items() for k, v in part.state_tensors().items()}
 
     def load_state_tensors(self, tensors, image_size):
-        for name, part in self.parts.items():
-            part.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name}, image_size)
+        for name, state in self._by_part(tensors, self.parts).items():
+            self.parts[name].load_state_tensors(state, image_size)
         return self
-
 
 PHI_KINDS[ConcatFeatures.kind] = ConcatFeatures
 PHI_TARGETS[f"{ConcatFeatures.__module__}.{ConcatFeatures.__qualname__}"] = ConcatFeatures.kind

@@ -390,3 +390,5 @@ def test_concat_phi_round_trips_through_a_phi_file_and_refuses_bad_specs(tmp_pat
               metadata=__import__("safetensors").safe_open(str(path), "pt").metadata())
     with pytest.raises(ECOSInputError, match="belongs to none of its parts"):
         load_phi_file(tmp_path / "stray.safetensors")
+    with pytest.raises(ECOSInputError, match="'style' belongs to none of its parts"):  # a key without its part's prefix
+        ConcatFeatures.from_spec(spec, state_shapes={"style": [1]})
