@@ -5,7 +5,8 @@
 For each seed and client domain: the data, protocol φ, sampler, scores' privacy and
 labelling φ that `train.py scenario=pseudo_label` composes (Hydra overrides such as
 `data=digits_lite` or `phi=random_cnn` change them), the client's training part after its
-validation carve, and that run's ECOS proxy set (B = 400). Every combination of sampling
+validation carve, and that run's ECOS proxy set (B = 400), selected by train.py's own
+`ProtocolPipeline` (or reused from its cache). Every combination of sampling
 rate γ, k, σ and threshold labels that proxy set with the client's keyed subsamples, as
 train.py does; the table gives the ε of the whole exchange (labels and scores, δ = 1e-5),
 the share of the proxy set that gets a label, and how many of those labels are right,
@@ -28,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ecos_pl.atomic import write_json_atomic  # noqa: E402
 
@@ -35,37 +37,27 @@ GRID = {"sampling_rate": [0.1, 0.2, 0.3, 0.5], "k": [10, 20, 40, 80], "sigma": [
         "threshold": [None, 0.3]}
 #: the issue's bound on the whole exchange (its goal, the paper's range, is 5: the table shows both)
 MAX_EPSILON, MIN_KEPT = 8.0, 0.5
-#: the client domains of `--domains all`
-DOMAINS = {"digits5_lite": ["mnist", "svhn", "usps", "syn", "mnistm"]}
-
-
 def proxy_labelling_inputs(overrides: list[str]):
     """(client labels, keys, labelling-φ features of the client and of the proxy set, proxy truth, score mechanism, budget,
-    the configured labelling settings)."""
+    the configured labelling settings): train.py's own pipeline selects (or reuses) the proxy set."""
     import hydra
 
     from ecos_pl.compose import train_config
-    from ecos_pl.data.splits import with_validation
-    from ecos_pl.protocol import ECOSClient
     from ecos_pl.protocol.label import content_keys
-    from ecos_pl.protocol.privacy import ScoreMechanism
 
     cfg = train_config("scenario=pseudo_label", *overrides)
-    seed = int(cfg.seed)
-    data = with_validation(hydra.utils.instantiate(cfg.data.source).load(), float(cfg.data.val_fraction), seed)
-    protocol = hydra.utils.instantiate(cfg.phi).fit(data.pool.images)
-    scores = ScoreMechanism(cfg.client.mechanism, cfg.client.epsilon, cfg.client.delta)
-    client = ECOSClient(protocol.transform(data.client_train.images), epsilon=scores.epsilon, mechanism=scores.mechanism,
-                        delta=scores.delta, seed=seed)
-    sampler = hydra.utils.instantiate(cfg.sampler)
-    proxy = data.pool.subset(sampler.sample(protocol.transform(data.pool.images), client, int(cfg.budget), seed).indices)
-    labelling = hydra.utils.instantiate(cfg.scenario.labels.phi).fit(data.pool.images)
-    return (np.asarray(data.client_train.labels), content_keys(data.client_train.images), data.num_classes,
-            labelling.transform(data.client_train.images), labelling.transform(proxy.images), np.asarray(proxy.labels),
-            scores, int(cfg.budget), {k: cfg.scenario.labels[k] for k in GRID})
+    pipeline = hydra.utils.instantiate(cfg.datamodule.pipeline)
+    selection, _ = pipeline.select()
+    proxy, train = pipeline.proxy(selection), pipeline.data.client_train
+    labelling = pipeline.proxy_labels.fitted_phi(pipeline.data.pool.images)
+    return (np.asarray(train.labels), content_keys(train.images), pipeline.data.num_classes, labelling.transform(train.images),
+            labelling.transform(proxy.images), np.asarray(proxy.labels), pipeline.mechanism, int(cfg.budget),
+            {k: cfg.scenario.labels[k] for k in GRID})
 
 
 def main() -> None:
+    from compare_samplers import DOMAINS
+
     from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
     from ecos_pl.protocol.messages import ProxyFeaturesMessage
 

@@ -74,6 +74,12 @@ def means_line(rows: dict[str, list[dict]], key: str, label: str) -> str | None:
     return f"{label} (%, mean over domains and seeds): " + " · ".join(cells) + ".\n" if cells else None
 
 
+def margin_spread(rows: dict[str, list[dict]], domains: list[str], over: str) -> str:
+    """` ± sd` over seeds of ECOS's domain average minus `over`'s (nothing for a single seed)."""
+    ecos, other = seed_averages(rows, domains, "ecos"), seed_averages(rows, domains, over)
+    return _spread([ecos[s] - other[s] for s in ecos if s in other])
+
+
 def paired_wins(rows: dict[str, list[dict]], over: str) -> tuple[int, int]:
     """(client domain × seed pairs where ECOS's test accuracy is above `over`'s, pairs both ran)."""
     theirs = {(r.get("client_domain"), r["seed"]): r.get("client_test_acc") for r in rows.get(over, [])}
@@ -95,13 +101,11 @@ def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str
     scenario = scenario or next(iter(rows.values()))[0]["scenario"]
     paper = PAPER.get(scenario, {})
     lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) | ECOS ahead (domain × seed pairs) |", "|---|---|---|---|"]
-    ecos_seeds = seed_averages(rows, domains, "ecos")
     for over in ("random", "kcenter", "full", "oracle_central", "local"):
         ours = margins(rows, domains, over)
         theirs = paper["ecos"] - paper[over] if over in paper else None
         if ours is not None or theirs is not None:
-            other = seed_averages(rows, domains, over)
-            spread = _spread([ecos_seeds[s] - other[s] for s in ecos_seeds if s in other])
+            spread = margin_spread(rows, domains, over)
             won, pairs = paired_wins(rows, over)
             lines.append(f"| {over} | {'—' if ours is None else f'{ours:+.1f}{spread}'} | {'—' if theirs is None else f'{theirs:+.1f}'} | "
                          f"{f'{won} of {pairs}' if pairs else '—'} |")
@@ -175,8 +179,7 @@ def summary_table(results_dir: Path) -> str:
         means = domain_means(table["runs"], table["domains"])
         cells = [f"{100 * _mean(means[s].values()):.1f}" if means.get(s) else "—" for s in shown]
         ours, paper = margins(table["runs"], table["domains"], "random"), PAPER.get(scenario, {})
-        ecos_seeds, random_seeds = (seed_averages(table["runs"], table["domains"], s) for s in ("ecos", "random"))
-        spread = _spread([ecos_seeds[s] - random_seeds[s] for s in ecos_seeds if s in random_seeds])
+        spread = margin_spread(table["runs"], table["domains"], "random")
         theirs = f"{paper['ecos'] - paper['random']:+.1f}" if paper else "—"
         seeds = len({r["seed"] for r in table["runs"].get("ecos", [])})
         lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}{spread}'} ({theirs}) | "

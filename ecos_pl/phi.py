@@ -175,10 +175,15 @@ class FeatureExtractor(ABC):
         raise self._not_saveable()
 
     @classmethod
+    def check_spec(cls, spec: dict) -> dict:
+        """A spec's checked fields (every one known and within its bounds): what this kind's constructor gets."""
+        return _check_fields(cls, spec)
+
+    @classmethod
     def from_spec(cls, spec: dict, *, weights: bool = False, state_shapes: dict | None = None) -> "FeatureExtractor":
         """This kind's φ from a checked spec (no state yet). `weights`: let the constructor load pretrained
         weights (the cloud's own presets); a φ file's weights come from the file (`load_state_tensors`)."""
-        return cls(**_check_fields(cls, spec))
+        return cls(**cls.check_spec(spec))
 
     def to_bytes(self, image_size: int, size_flag: str = "--image-size") -> bytes:
         """This φ as a φ file (`ecos_pl.phi_file`): spec, state tensors, `image_size`, fingerprint and probe features."""
@@ -382,7 +387,7 @@ class TimmFeatures(FeatureExtractor):
     @classmethod
     def from_spec(cls, spec, *, weights=False, state_shapes=None):
         """Checked on the meta device first (no memory): the resolved input size, and the state's names and shapes."""
-        fields = _check_fields(cls, spec)
+        fields = cls.check_spec(spec)
         label = fields["pretrained"]
         if not weights:
             fields["pretrained"] = False  # the weights come from the φ file, never from a cache or the network
@@ -465,8 +470,7 @@ def _kind_class(spec) -> type[FeatureExtractor]:
 
 def check_phi_spec(spec) -> dict:
     """The spec as a φ file's reader will check it (kind allowed, every field known and bounded)."""
-    cls = _kind_class(spec)
-    cls.check_spec(spec) if cls is ConcatFeatures else _check_fields(cls, spec)
+    _kind_class(spec).check_spec(spec)
     return spec
 
 
