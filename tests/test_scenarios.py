@@ -7,7 +7,7 @@ import pytest
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.label import PseudoLabeller, knn_votes, label_epsilon, noisy_argmax
+from ecos_pl.protocol.label import PseudoLabeller, knn_votes, label_epsilon, neighbour_vote, noisy_argmax
 from ecos_pl.protocol.messages import HEADER_BYTES, LabelsMessage, ProxyFeaturesMessage
 from ecos_pl.protocol.privacy import laplace_epsilon
 from ecos_pl.scenarios.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
@@ -128,6 +128,34 @@ def test_client_knn_labels_report_accuracy_drops_bytes_and_epsilon():
     assert report["label_bytes_down"] == HEADER_BYTES + 4 * queries.size
     assert report["label_bytes_up"] == HEADER_BYTES + 2 * len(queries)
     assert 0 < report["label_epsilon"] == report["exchange_epsilon"] < math.inf
+
+
+def test_neighbour_vote_outvotes_wrong_labels_and_keeps_abstentions():
+    feats, labels, _, _ = two_blobs(n=100, seed=1)
+    noisy = labels.copy()
+    flipped = np.arange(0, 100, 10)  # one label in ten wrong
+    noisy[flipped] = 1 - noisy[flipped]
+    noisy[5] = -1  # an abstention stays one, and is no one's neighbour
+    cleaned = neighbour_vote(feats, noisy, 10, 2)
+    assert cleaned[5] == -1
+    assert np.mean(cleaned[flipped] == labels[flipped]) > 0.9  # the wrong ones are outvoted
+    kept = noisy >= 0
+    assert np.mean(cleaned[kept] == labels[kept]) > np.mean(noisy[kept] == labels[kept])
+    # k = 1: its own label (1.5 votes) against one neighbour's: kept
+    np.testing.assert_array_equal(neighbour_vote(feats, noisy, 1, 2), noisy)
+
+
+def test_client_knn_labels_cloud_vote_reports_both_accuracies():
+    feats, labels, queries, q_labels = two_blobs()
+    plain = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0)  # noisy enough to be wrong at times
+    voted = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0, cloud_vote_k=10)
+    _, before = plain.assign(_request(q_labels, feats, labels, queries, plain.settings))
+    _, after = voted.assign(_request(q_labels, feats, labels, queries, voted.settings))
+    assert after["pseudo_label_acc_released"] == before["pseudo_label_acc"] < 1.0
+    assert after["pseudo_label_acc"] > before["pseudo_label_acc"]
+    assert after["label_epsilon"] == before["label_epsilon"]  # post-processing costs no privacy
+    with pytest.raises(ECOSInputError, match="scenario.labels.cloud_vote_k must be at least 0"):
+        ClientKNNLabels(cloud_vote_k=-1)
 
 
 # ------------------------------------------------------------------ end to end (tiny config, conftest.tiny_run)

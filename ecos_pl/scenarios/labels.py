@@ -17,8 +17,9 @@ import numpy as np
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit
 from ecos_pl.phi import FeatureExtractor
+from ecos_pl.protocol.errors import check_count
 from ecos_pl.protocol.exchange import Exchange
-from ecos_pl.protocol.label import PseudoLabeller, content_keys, label_epsilon
+from ecos_pl.protocol.label import PseudoLabeller, content_keys, label_epsilon, neighbour_vote
 from ecos_pl.protocol.messages import ProxyFeaturesMessage
 from ecos_pl.protocol.settings import Labelling
 
@@ -80,7 +81,11 @@ class ClientKNNLabels(ProxyLabels):
 
     name = "client_knn"
 
-    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, **fields):
+    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, *, cloud_vote_k: int = 0,
+                 **fields):
+        """`cloud_vote_k` > 0: the cloud then re-votes each label among that many nearest labelled proxy samples
+        (`neighbour_vote`, post-processing of the released labels); 0: the client's labels as they came."""
+        self.cloud_vote_k = check_count(cloud_vote_k, "scenario.labels.cloud_vote_k", low=0)
         self.phi = phi
         self.settings = settings or Labelling.from_mapping(fields)
         self._fitted = False
@@ -113,13 +118,21 @@ class ClientKNNLabels(ProxyLabels):
         down = ProxyFeaturesMessage(request.proxy_features())
         answers = request.exchange.send_and_receive(down)
         cost = request.exchange.rounds[-1]
-        targets = majority([a.labels.astype(np.int64) for a in answers])
+        released = majority([a.labels.astype(np.int64) for a in answers])
+        targets = neighbour_vote(down.features, released, self.cloud_vote_k, int(released.max()) + 1) \
+            if self.cloud_vote_k and (released >= 0).any() else released
         kept = targets >= 0
         truth = np.asarray(request.proxy.labels)
         in_class = kept & (truth != NONE_LABEL)
+
+        def accuracy(labels):
+            return float(np.mean(labels[in_class] == truth[in_class])) if in_class.any() else None
+
         s = self.settings
         return targets, {
-            "pseudo_label_acc": float(np.mean(targets[in_class] == truth[in_class])) if in_class.any() else None,
+            "pseudo_label_acc": accuracy(targets),
+            "pseudo_label_acc_released": accuracy(released),  # before the cloud's neighbour vote
+            "label_cloud_vote_k": self.cloud_vote_k,
             "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()),
             "labels_dropped": int((~kept).sum()),
             "label_bytes_down": cost.bytes_down,
