@@ -136,13 +136,13 @@ def test_neighbour_vote_outvotes_wrong_labels_and_keeps_abstentions():
     flipped = np.arange(0, 100, 10)  # one label in ten wrong
     noisy[flipped] = 1 - noisy[flipped]
     noisy[5] = -1  # an abstention stays one, and is no one's neighbour
-    cleaned = neighbour_vote(feats, noisy, 10, 2)
+    cleaned = neighbour_vote(feats, noisy, 10)
     assert cleaned[5] == -1
     assert np.mean(cleaned[flipped] == labels[flipped]) > 0.9  # the wrong ones are outvoted
     kept = noisy >= 0
     assert np.mean(cleaned[kept] == labels[kept]) > np.mean(noisy[kept] == labels[kept])
     # k = 1: its own label (1.5 votes) against one neighbour's: kept
-    np.testing.assert_array_equal(neighbour_vote(feats, noisy, 1, 2), noisy)
+    np.testing.assert_array_equal(neighbour_vote(feats, noisy, 1), noisy)
 
 
 def test_client_knn_labels_cloud_vote_reports_both_accuracies():

@@ -129,12 +129,13 @@ def knn_votes(client_features: np.ndarray, client_labels: np.ndarray, query_feat
     return votes
 
 
-def neighbour_vote(features: np.ndarray, labels: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+def neighbour_vote(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Each labelled sample's label replaced by the majority of itself and its k nearest labelled neighbours.
 
     The cloud's clean-up of the client's released labels (post-processing: no privacy cost). Within the
     pool's own domains, neighbours in the labelling φ agree more often than the client's cross-domain votes
-    are right, so a wrong vote is outvoted. The sample's own label counts 1.5, so a tie keeps it. -1 stays -1.
+    are right, so a wrong vote is outvoted. The sample's own label counts 1.5, so a tie keeps it. -1 stays -1;
+    k = 0 (or fewer than two labels) changes nothing.
     """
     labels = np.asarray(labels, dtype=np.int64)
     out, kept = labels.copy(), labels >= 0
@@ -142,7 +143,7 @@ def neighbour_vote(features: np.ndarray, labels: np.ndarray, k: int, num_classes
     if k < 1:
         return out
     mine = features[kept]
-    votes = knn_votes(mine, labels[kept], mine, k + 1, num_classes)  # its own row is among the k + 1 nearest
+    votes = knn_votes(mine, labels[kept], mine, k + 1, int(labels.max()) + 1)  # its own row is among the k + 1 nearest
     votes[np.arange(len(votes)), labels[kept]] += 0.5
     out[kept] = votes.argmax(axis=1)
     return out

@@ -119,8 +119,7 @@ class ClientKNNLabels(ProxyLabels):
         answers = request.exchange.send_and_receive(down)
         cost = request.exchange.rounds[-1]
         released = majority([a.labels.astype(np.int64) for a in answers])
-        targets = neighbour_vote(down.features, released, self.cloud_vote_k, int(released.max()) + 1) \
-            if self.cloud_vote_k and (released >= 0).any() else released
+        targets = neighbour_vote(down.features, released, self.cloud_vote_k)
         kept = targets >= 0
         truth = np.asarray(request.proxy.labels)
         in_class = kept & (truth != NONE_LABEL)
