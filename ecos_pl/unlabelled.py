@@ -6,7 +6,7 @@ distribution, the very shift the proxy set is built to avoid. What the cloud kno
 about the client's domain is the released scores, so for a sampler that released
 them (`ecos`) the unlabelled set is every member of a cluster with a positive score,
 minus the proxy set (its samples are labelled already). A sampler without scores
-(random, kcenter, full, uniform_cluster, oracle_central, client_data) knows nothing of
+(random, kcenter, full, uniform_cluster, oracle_central, local) knows nothing of
 the kind: it gets the whole pool minus its proxy set. Reading the released scores is
 post-processing: it costs no privacy.
 """

@@ -23,6 +23,7 @@ from ecos_pl.protocol.messages import (
     ProxyFeaturesMessage,
     ScoresMessage,
 )
+from ecos_pl.protocol.label import CLOUD_VOTE_K, neighbour_vote
 from ecos_pl.protocol.samplers import ECOSSampler
 
 R = 20
@@ -196,9 +197,15 @@ def test_pseudo_label_round(world, mixture, tmp_path):
     out = ok(cloud.main, "labels", "--state", world / "cloud", "--proxy", tmp_path / "proxy.json", "--labels", tmp_path / "labels.ecos",
              "--out", tmp_path / "proxy_labels.json")
     joined = json.loads((tmp_path / "proxy_labels.json").read_text())
-    assert joined["labels"] == msg.labels.tolist() and joined["indices"] == json.loads((tmp_path / "proxy.json").read_text())["indices"]
+    assert joined["labels_released"] == msg.labels.tolist() and joined["indices"] == json.loads((tmp_path / "proxy.json").read_text())["indices"]
+    # the cloud's neighbour vote, train.py's default, over the very features it sent down
+    assert joined["cloud_vote_k"] == CLOUD_VOTE_K and joined["labels"] == neighbour_vote(pf.features, msg.labels, CLOUD_VOTE_K).tolist()
+    assert joined["labels"] != joined["labels_released"] and "neighbour vote changed" in out
     assert joined["epsilon_exchange"] is None  # those scores were exact counts: the exchange is not DP
     assert np.isfinite(joined["epsilon_labels"]) and "whole exchange" in out
+    ok(cloud.main, "labels", "--state", world / "cloud", "--proxy", tmp_path / "proxy.json", "--labels", tmp_path / "labels.ecos",
+       "--cloud-vote-k", 0, "--out", tmp_path / "as_sent.json")
+    assert json.loads((tmp_path / "as_sent.json").read_text())["labels"] == msg.labels.tolist()  # k = 0: the client's labels
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -238,6 +245,7 @@ def _bad_cases(world: Path, tmp: Path):
         ("wrong kind", cloud.main, sel(world / "cloud/centroids.ecos"), ["centroids message", "wrong file"]),
         ("missing scores", cloud.main, sel(tmp / "nothing.ecos"), ["does not exist"]),
         ("same client twice", cloud.main, ["select", *state, "--scores", world / "scores.ecos", world / "scores.ecos", "--budget", 5, "--out", tmp / "out.json"], ["twice"]),
+        ("cloud vote k < 0", cloud.main, ["labels", *state, "--proxy", tmp / "proxy.json", "--labels", world / "scores.ecos", "--cloud-vote-k", -1, "--out", tmp / "out.json"], ["--cloud-vote-k", "at least 0"]),
         ("budget 0", cloud.main, ["select", *state, "--scores", world / "scores.ecos", "--budget", 0, "--out", tmp / "out.json"], ["--budget", "at least 1"]),
         ("budget > pool", cloud.main, ["select", *state, "--scores", world / "scores.ecos", "--budget", 10**6, "--out", tmp / "out.json"], ["--budget", "pool"]),
         ("epsilon 0", client.main, score("--features", world / "client.npy", "--epsilon", 0), ["--epsilon", "positive"]),

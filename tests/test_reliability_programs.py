@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save
-from test_cli import R, _image_folder, call, ok, world  # noqa: F401 - world is a fixture used here
+import test_cli
+from test_cli import _image_folder, call, ok
 from test_data_sources import write_pngs
 
 from ecos_pl.cli import client, cloud
@@ -32,6 +33,8 @@ from ecos_pl.protocol import ECOSInputError
 from ecos_pl.protocol.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, CentroidsMessage, ScoresMessage, parse_message
 from ecos_pl.protocol.parties import CLIENT_CAP, ECOSCloud, cap_client_scores
 from ecos_pl.protocol.score import check_centroids, coverage_scores
+
+world = test_cli.world  # test_cli's module fixture, used here too
 
 
 def refused(main, *argv, words=(), folder=None):

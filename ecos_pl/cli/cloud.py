@@ -3,7 +3,7 @@
     ecos-cloud compress       pool images (or features) -> DIR/centroids.ecos, DIR/phi.safetensors, DIR/state/
     ecos-cloud select         DIR/state + one scores.ecos per client -> proxy.json (one proxy set for the fleet)
     ecos-cloud proxy-features DIR/state + proxy.json -> proxy_features.ecos (pseudo_label: the client labels them)
-    ecos-cloud labels         DIR/state + proxy.json + labels.ecos -> proxy_labels.json
+    ecos-cloud labels         DIR/state + proxy.json + labels.ecos -> proxy_labels.json (after the cloud's neighbour vote)
     ecos-cloud split-folders  simulation helper: split a folders tree exactly as train.py does
 
 The computation is the library's: `ECOSSampler.cloud(...)` compresses and selects exactly
@@ -70,6 +70,7 @@ from ecos_pl.protocol.messages import (
     answer_tag,
     phi_tag,
 )
+from ecos_pl.protocol.label import CLOUD_VOTE_K, label_epsilon, neighbour_vote
 from ecos_pl.protocol.parties import ECOSCloud
 from ecos_pl.protocol.samplers import ECOSSampler
 from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy
@@ -436,7 +437,6 @@ def cmd_proxy_features(args) -> int:
 
 
 def cmd_labels(args) -> int:
-    from ecos_pl.protocol.label import label_epsilon
     from ecos_pl.protocol.privacy import ScoreMechanism
 
     state = load_state(args.state)
@@ -445,7 +445,8 @@ def cmd_labels(args) -> int:
     indices = proxy["indices"]
     if msg.n_samples != len(indices):
         raise ECOSInputError(f"--labels {args.labels} holds {msg.n_samples} labels but the proxy set has {len(indices)} samples.")
-    expected = answer_tag(_proxy_features_message(state, indices))
+    down = _proxy_features_message(state, indices)
+    expected = answer_tag(down)
     if msg.tag is None and not args.allow_untagged:
         raise ECOSInputError(f"--labels {args.labels} carries no tag, so nothing shows it answers this proxy set; pass --allow-untagged to use it unchecked.")
     if msg.tag is not None and msg.tag != expected:
@@ -459,7 +460,8 @@ def cmd_labels(args) -> int:
     scores = [ScoreMechanism.from_settings(next(c["epsilon"] for c in clients if c["scores_file"] == client), args.score_mechanism, args.delta)] if client is not None else []
     eps_labels = label_epsilon(msg.sigma, msg.n_samples, args.delta, sampling_rate=args.sampling_rate)
     eps_exchange = label_epsilon(msg.sigma, msg.n_samples, args.delta, scores, sampling_rate=args.sampling_rate) if client is not None else None
-    labels = msg.labels.astype(np.int64)
+    released = msg.labels.astype(np.int64)
+    labels = neighbour_vote(down.features, released, args.cloud_vote_k)  # train.py's clean-up, post-processing (no ε)
     out = {
         "format": "ecos-proxy-labels/1",
         "proxy_set_sha1": proxy["proxy_set_sha1"],
@@ -468,6 +470,8 @@ def cmd_labels(args) -> int:
         "paths": proxy.get("paths"),
         "root": proxy.get("root"),
         "labels": [int(v) for v in labels],
+        "labels_released": [int(v) for v in released],  # as the client sent them, before the cloud's vote
+        "cloud_vote_k": args.cloud_vote_k,
         "n_labelled": int((labels >= 0).sum()),
         "n_dropped": int((labels < 0).sum()),
         "sigma": msg.sigma,
@@ -478,7 +482,9 @@ def cmd_labels(args) -> int:
         "bytes_up": msg.nbytes,
     }
     write_json_atomic(args.out, out)
-    say(f"wrote {args.out}: {out['n_labelled']} labelled, {out['n_dropped']} dropped of {len(labels)} proxy samples",
+    changed = int((labels != released).sum())
+    say(f"wrote {args.out}: {out['n_labelled']} labelled, {out['n_dropped']} dropped of {len(labels)} proxy samples"
+        + (f"; the cloud's {args.cloud_vote_k}-neighbour vote changed {changed} of them" if args.cloud_vote_k else ""),
         f"privacy of the labels ({msg.n_samples} Private-kNN answers, σ = {msg.sigma}, subsample rate γ = {args.sampling_rate:g}): {eps_text(eps_labels)}, δ = {args.delta:g} (RDP; dp-accounting)")
     if client is not None:
         say(f"privacy of {client}'s whole exchange (scores + labels): {eps_text(eps_exchange)}, δ = {args.delta:g}")
@@ -612,6 +618,8 @@ def build_parser():
     p.add_argument("--sampling-rate", type=positive_float("--sampling-rate"), default=LABELLING.sampling_rate, help="the client's Private-kNN subsample rate γ, for its ε (default %(default)s, ecos-client's)")
     p.add_argument("--score-mechanism", choices=("gaussian", "laplace"), default=SCORE_PRIVACY.mechanism, help="how the client privatised its scores (default %(default)s)")
     p.add_argument("--delta", type=positive_float("--delta", below_one=True), default=LABELLING.delta, help="δ at which ε is reported (default %(default)s)")
+    p.add_argument("--cloud-vote-k", type=nonneg_int("--cloud-vote-k"), default=CLOUD_VOTE_K,
+                   help="re-vote each label among its k nearest labelled proxy samples in the proxy features' φ (free post-processing; 0: the client's labels as sent; default %(default)s, train.py's)")
     p.add_argument("--allow-untagged", action="store_true", help="use a labels file that carries no tag (nothing checks what it answers)")
     finish_command(p, cmd_labels, out="proxy_labels.json")
 

@@ -35,6 +35,9 @@ from ecos_pl.protocol.privacy import NoiseSource, ScoreMechanism, check_delta, c
 VOTE_SENSITIVITY = math.sqrt(2.0)
 #: ... and of its top vote (the screening's input)
 TOP_VOTE_SENSITIVITY = 1.0
+#: the cloud's neighbour vote over the released labels (`neighbour_vote`): pseudo_label's default, chosen on the
+#: validation split (every client domain, seeds 1-3; docs/details.md "The cloud's neighbour vote")
+CLOUD_VOTE_K = 10
 #: queries whose similarities to every client sample are held at once ([rows, n_client] float32)
 QUERY_CHUNK = 1024
 

@@ -19,7 +19,7 @@ from ecos_pl.data.base import NONE_LABEL, DomainSplit
 from ecos_pl.phi import FeatureExtractor
 from ecos_pl.protocol.errors import check_count
 from ecos_pl.protocol.exchange import Exchange
-from ecos_pl.protocol.label import PseudoLabeller, content_keys, label_epsilon, neighbour_vote
+from ecos_pl.protocol.label import CLOUD_VOTE_K, PseudoLabeller, content_keys, label_epsilon, neighbour_vote
 from ecos_pl.protocol.messages import ProxyFeaturesMessage
 from ecos_pl.protocol.settings import Labelling
 
@@ -81,7 +81,7 @@ class ClientKNNLabels(ProxyLabels):
 
     name = "client_knn"
 
-    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, *, cloud_vote_k: int = 0,
+    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, *, cloud_vote_k: int = CLOUD_VOTE_K,
                  **fields):
         """`cloud_vote_k` > 0: the cloud then re-votes each label among that many nearest labelled proxy samples
         (`neighbour_vote`, post-processing of the released labels); 0: the client's labels as they came."""
