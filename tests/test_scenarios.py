@@ -7,7 +7,7 @@ import pytest
 
 from ecos_pl.data.base import NONE_LABEL, DomainSplit
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.label import PseudoLabeller, knn_votes, label_epsilon, neighbour_vote, noisy_argmax
+from ecos_pl.protocol.label import CLOUD_VOTE_K, PseudoLabeller, knn_votes, label_epsilon, neighbour_vote, noisy_argmax
 from ecos_pl.protocol.messages import HEADER_BYTES, LabelsMessage, ProxyFeaturesMessage
 from ecos_pl.protocol.privacy import laplace_epsilon
 from ecos_pl.scenarios.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
@@ -147,8 +147,8 @@ def test_neighbour_vote_outvotes_wrong_labels_and_keeps_abstentions():
 
 def test_client_knn_labels_cloud_vote_reports_both_accuracies():
     feats, labels, queries, q_labels = two_blobs()
-    plain = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0)  # noisy enough to be wrong at times
-    voted = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0, cloud_vote_k=10)
+    plain = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0, cloud_vote_k=0)  # noisy enough to be wrong at times
+    voted = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0)  # the default: CLOUD_VOTE_K
     _, before = plain.assign(_request(q_labels, feats, labels, queries, plain.settings))
     _, after = voted.assign(_request(q_labels, feats, labels, queries, voted.settings))
     assert after["pseudo_label_acc_released"] == before["pseudo_label_acc"] < 1.0
@@ -182,6 +182,8 @@ def test_pseudo_label_end_to_end_and_equal_steps_for_full(tiny_run):
     assert res["label_bytes_up"] == HEADER_BYTES + 2 * 120
     # the vote is taken in the labelling φ (HOG, 64 components), which labels far better than the protocol's style φ
     assert res["label_phi"] == "hog" and res["label_feature_dim"] == 64
+    # the config's neighbour vote is the library's and the programs' default (ecos-cloud labels --cloud-vote-k)
+    assert res["label_cloud_vote_k"] == CLOUD_VOTE_K
     assert res["label_bytes_down"] == HEADER_BYTES + 120 * 4 * 64
     # by default the scores were Gaussian at ε = 0.58: the exchange costs a little more than the labels alone
     assert res["score_privacy"]["mechanism"] == "gaussian" and res["epsilon"] == 0.58
