@@ -69,9 +69,12 @@ def main(argv: list[str]) -> int:
             curve.setdefault(sampler, []).append({"budget": b, "val": val, "test": test, "steps": runs[0]["train_steps"]})
             cells.append(f"{'—' if val is None else f'{100 * val:.1f}'} / {100 * test:.1f}")
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-    steps = " · ".join(f"B = {p['budget']}: {p['steps']} steps" for p in curve[args.samplers[0]])
+    steps = " · ".join(f"B = {p['budget']}: {p['steps']} steps" for p in curve[args.samplers[0]]) + " for every sampler"
+    epsilons = [(b, _mean([r.get("exchange_epsilon") for r in found[("ecos", b)]])) for b in args.budgets if ("ecos", b) in found]
+    if any(e is not None for _, e in epsilons):  # the label round's ε grows with the number of proxy samples labelled
+        steps += ". ECOS's whole exchange costs " + " · ".join(f"ε = {e:.1f} at B = {b}" for b, e in epsilons if e is not None)
     best = max(curve.get("ecos", []), key=lambda p: p["val"] or 0.0, default=None)
-    text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains or 'of the data config'} and seeds {args.seeds}; {steps} for every sampler.\n"
+    text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains or 'of the data config'} and seeds {args.seeds}; {steps}.\n"
     if best is not None and best["val"] is not None:
         text += f"ECOS's best budget by validation accuracy: B = {best['budget']}.\n"
     title = f"Budget curve: {args.scenario} on {args.data}, about {args.steps} optimizer steps per run"
@@ -89,21 +92,28 @@ def main(argv: list[str]) -> int:
 
 
 def _plot(curve: dict, title: str, path: Path) -> None:
+    """Validation (where the budget is chosen) and test accuracy against B, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for sampler, points in curve.items():
-        ax.plot([p["budget"] for p in points], [100 * p["test"] for p in points], marker="o", label=sampler,
-                ls="--" if sampler == "full" else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("budget B (full: the whole pool, at B's step count)")
-    ax.set_ylabel("client test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, split in zip(axes, ("val", "test")):
+        for sampler, points in curve.items():
+            shown = [p for p in points if p[split] is not None]
+            ax.plot([p["budget"] for p in shown], [100 * p[split] for p in shown], marker="o", label=sampler,
+                    ls="--" if sampler == "full" else "-")
+        budgets = sorted({p["budget"] for points in curve.values() for p in points})
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("budget B (full: the whole pool, at B's step count)")
+        ax.set_title("validation (chooses B)" if split == "val" else "test (read once)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("client accuracy (%)")
+    axes[1].legend()
+    fig.suptitle(title, fontsize=10)
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
