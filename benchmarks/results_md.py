@@ -134,7 +134,8 @@ def write_results(results_dir: Path, readme: Path | None = None) -> Path:
         "default offline φ on 32×32 packaged images, so compare margins, not absolute numbers.",
         "",
     ]
-    for path in sorted(results_dir.glob("compare_samplers-*-digits5_lite*.json")):
+    # per scenario, the defaults' table first, then its variants (tagged by their extra overrides)
+    for path in sorted(results_dir.glob("compare_samplers-*-digits5_lite*.json"), key=lambda p: (p.stem.split("-")[1], p.stem.count("-"), p.name)):
         table = json.loads(path.read_text())
         if not table.get("domains"):
             continue
