@@ -78,6 +78,13 @@ def config_sha1(overrides: list[str]) -> str:
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 
+def variant_tag(extra: list[str]) -> str:
+    """`-<sha1[:8]>` of the sorted extra overrides ("" for none): runs with other overrides never share (and never
+    reuse) each other's results or tables."""
+    extra = sorted(extra)
+    return f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+
+
 def run_in_process(overrides: list[str], result_file: Path) -> bool:
     """`python train.py *overrides` without a new interpreter: its config, `run_experiment`, its results file."""
     from ecos_pl.compose import app_config
@@ -162,8 +169,7 @@ def main(argv: list[str]) -> int:
     domains = DOMAINS.get(data, []) if opts["domains"] == ["all"] else opts["domains"]
     out_dir = (ROOT / opts["out"]).resolve()
     extra = sorted(o for o in overrides if not o.startswith(("scenario=", "data=")))
-    # runs with other overrides never share (and never reuse) each other's results
-    tag = f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    tag = variant_tag(extra)
     runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
