@@ -67,15 +67,19 @@ def test_budget_curve_runs_every_sampler_at_every_budget_at_equal_steps(tmp_path
     import budget_curve
 
     out = tmp_path / "results"
+    overrides = ["debug=smoke", "callbacks=none"]
     code = budget_curve.main(["--data", "digits_lite", "--budgets", "40", "120", "--samplers", "ecos", "full",
-                              "--steps", "4", "--batch", "20", "--out", str(out), "debug=smoke", "callbacks=none"])
+                              "--steps", "4", "--batch", "20", "--out", str(out), *overrides])
     assert code == 0
-    curve = json.loads((out / "budget_curve-compression-digits_lite.json").read_text())
+    # a curve with extra overrides is a variant: its files and runs carry their tag, the default's name stays free
+    stem = f"budget_curve-compression-digits_lite{budget_curve.variant_tag(overrides)}"
+    assert stem.endswith(budget_curve.variant_tag(overrides[::-1])) and not (out / "budget_curve-compression-digits_lite.json").exists()
+    curve = json.loads((out / f"{stem}.json").read_text())
     assert [p["budget"] for p in curve["curve"]["ecos"]] == [40, 120]
     # equal steps at each budget: the pool (full) trains exactly as long as the proxy set
     assert [p["steps"] for p in curve["curve"]["ecos"]] == [p["steps"] for p in curve["curve"]["full"]]
     assert all(p["test"] is not None and p["val"] is not None for s in curve["curve"].values() for p in s)
-    assert (out / "budget_curve-compression-digits_lite.png").stat().st_size > 1000
+    assert (out / f"{stem}.png").stat().st_size > 1000
 
 
 def test_results_written_elsewhere_leave_the_readme_alone(tmp_path):
