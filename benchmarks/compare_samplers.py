@@ -81,8 +81,7 @@ def config_sha1(overrides: list[str]) -> str:
 def variant_tag(extra: list[str]) -> str:
     """`-<sha1[:8]>` of the sorted extra overrides ("" for none): runs with other overrides never share (and never
     reuse) each other's results or tables."""
-    extra = sorted(extra)
-    return f"-{hashlib.sha1(' '.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    return f"-{hashlib.sha1(' '.join(sorted(extra)).encode()).hexdigest()[:8]}" if extra else ""
 
 
 def run_in_process(overrides: list[str], result_file: Path) -> bool:
@@ -168,8 +167,7 @@ def main(argv: list[str]) -> int:
     data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
     domains = DOMAINS.get(data, []) if opts["domains"] == ["all"] else opts["domains"]
     out_dir = (ROOT / opts["out"]).resolve()
-    extra = sorted(o for o in overrides if not o.startswith(("scenario=", "data=")))
-    tag = variant_tag(extra)
+    tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data="))])
     runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
