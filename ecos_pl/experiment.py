@@ -46,11 +46,9 @@ def make_trainer_factory(cfg: DictConfig):
 
 
 def _label_bars(callbacks: list, label: str, predict_label: str | None = None) -> None:
-    """Name the fit on the progress bar (`callbacks.LabelledProgressBar`): teacher, student, φ extraction."""
-    from callbacks import LabelledProgressBar
-
+    """Name the fit on the progress bar (`callbacks.progress_bar`, rich or plain): teacher, student, φ extraction."""
     for c in callbacks:
-        if isinstance(c, LabelledProgressBar):
+        if isinstance(c, pl.callbacks.ProgressBar) and hasattr(c, "predict_label"):
             c.label = label
             if predict_label:
                 c.predict_label = predict_label
