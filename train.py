@@ -17,7 +17,9 @@ import ecos_pl.conf_store  # noqa: F401 - registers the protocol settings nodes 
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    """One job; returns the client's *validation* accuracy (None with data.val_fraction=0): what a Hydra sweeper
+    (hydra/sweeper=optuna) maximises, so no setting is ever chosen on the test split."""
     from ecos_pl.console import quiet_third_party
 
     quiet_third_party()
@@ -35,12 +37,12 @@ def main(cfg: DictConfig) -> float:
 
         results = run_experiment(cfg)
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports
-        return results["client_test_acc"]
+        return results["client_val_acc"]
     Console().print(results_table(results))
     if cfg.get("results_file"):
         path = write_json_atomic(results, cfg.results_file)
         print(f"results written to {path}")
-    return results["client_test_acc"]
+    return results["client_val_acc"]
 
 
 if __name__ == "__main__":
