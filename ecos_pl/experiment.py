@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from ecos_pl.config_schema import check_against_data, validate_config
+from ecos_pl.cpu_kernels import pin_cpu_kernels
 from ecos_pl.scenarios import build_module
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def run_experiment(cfg: DictConfig) -> dict:
 
 def _run(cfg: DictConfig) -> dict:
     validate_config(cfg)  # types and ranges, before anything is built
+    pin_cpu_kernels(cfg.get("cpu_kernels", "native"))  # before torch's first CPU operation in a fresh process
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.datamodule)
     datamodule.prepare_data()
