@@ -178,8 +178,10 @@ class DataSettings:
     test_fraction: float = 0.2
     max_per_domain: Optional[int] = None
     val_fraction: float = 0.2
+    max_image_pixels: int = 40_000_000
 
     def __post_init__(self):
+        _whole("data.max_image_pixels", self.max_image_pixels, 1)
         _number("data.val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _whole("data.image_size", self.image_size, 8)
         if self.image_size > 512:

@@ -101,7 +101,8 @@ def evaluate_student(cfg: DictConfig) -> dict:
     if not cfg.get("ckpt_path"):
         raise ECOSInputError("ckpt_path must name a student file, e.g. ckpt_path=outputs/<run>/student.safetensors.")
     datamodule = hydra.utils.instantiate(cfg.datamodule)
-    data = datamodule.load_data()
+    with _pixel_limit(cfg):
+        data = datamodule.load_data()
     model = load_classifier(cfg.ckpt_path, cfg.backbone.student, data.num_classes, cfg.backbone.get("input_size"), param="ckpt_path")
     accuracy = evaluate_accuracy(model, datamodule.test_dataloader(), data.num_classes)
     return {"data": cfg.data.name, "seed": int(cfg.seed), "student": str(cfg.ckpt_path), "n_client_test": len(data.client_test),
@@ -162,9 +163,17 @@ def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
 def run_experiment(cfg: DictConfig) -> dict:
     """One job: its W&B run is finished when it ends, so each job of a sweep (`-m seed=1,2`) logs into its own."""
     try:
-        return _run(cfg)
+        with _pixel_limit(cfg):
+            return _run(cfg)
     finally:
         close_loggers()
+
+
+def _pixel_limit(cfg: DictConfig):
+    """`data.max_image_pixels` for every image file this run decodes (`ecos_pl.data.images.pixel_limit`)."""
+    from ecos_pl.data.images import MAX_IMAGE_PIXELS, pixel_limit
+
+    return pixel_limit(OmegaConf.select(cfg, "data.max_image_pixels", default=MAX_IMAGE_PIXELS), "data.max_image_pixels")
 
 
 def _run(cfg: DictConfig) -> dict:

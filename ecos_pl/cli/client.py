@@ -21,7 +21,8 @@ from ecos_pl.cli.common import (
     program_parser,
     finish_command,
     add_command,
-    decode_images,
+    add_max_pixels,
+    read_images,
     existing_dir,
     existing_file,
     fraction,
@@ -109,7 +110,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
         paths = [p for p in paths if "/" in p]
         if not paths:
             raise ECOSInputError(f"--images {root} has no class folders with images (<class>/<image>); label needs labelled images.")
-    images, paths = decode_images(root, paths, image_size, "--images")
+    images, paths = read_images(root, paths, image_size, "--images", args)
     say(f"φ: {type(phi).__name__} on {len(images):,} own images under {root}")
     x = unit_rows(phi.transform(images), f"--images {root} features", dim=message.dim)
     if not labelled:
@@ -225,6 +226,7 @@ def _add_own_data(p, *, labelled: bool) -> None:
     src.add_argument("--features", metavar="CLIENT.npy", help="your φ features, float [N, d], computed with the cloud's φ")
     p.add_argument("--phi", metavar="FILE", help=f"φ file from the cloud (default: next to the message file, {LABEL_PHI_FILE + ' or ' if labelled else ''}{PHI_FILE})")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="must equal the φ file's (default: the φ file's)")
+    add_max_pixels(p)
 
 
 def rate(name: str):

@@ -28,9 +28,10 @@ from ecos_pl.cli.common import (
     program_parser,
     finish_command,
     add_command,
+    add_max_pixels,
     build_phi,
     check_image_size,
-    decode_images,
+    read_images,
     eps_text,
     existing_dir,
     existing_file,
@@ -245,7 +246,7 @@ def cmd_compress(args) -> int:
             raise ECOSInputError(f"--centroids {args.centroids} is larger than the pool ({len(paths)} images).")
         phi, phi_config, image_size, phi_source = _resolve_phi(args.phi, args.seed, args.image_size)
         say(f"pool: {len(paths):,} images under {root}; decoding at {image_size}x{image_size}")
-        images, paths = decode_images(root, paths, image_size, "--pool")
+        images, paths = read_images(root, paths, image_size, "--pool", args)
         if phi_config is not None:
             phi.fit(images)  # as the in-process pipeline does (a no-op for timm φ; PCA is fitted on the pool)
         say(f"φ: {type(phi).__name__} on {len(images):,} pool images")
@@ -571,6 +572,7 @@ def build_parser():
     names = ", ".join(phi_preset_names()) or "random_cnn, pca"
     p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULTS['phi']}, as train.py) or a φ file")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULTS['image_size']}, as conf/data/folders.yaml, or the φ file's)")
+    add_max_pixels(p)
     p.add_argument("--centroids", "-R", type=positive_int("--centroids"), required=True, metavar="R", help="number of k-means centroids R")
     p.add_argument("--label-phi", metavar="NAME|FILE|none", default=DEFAULTS["label_phi"],
                    help="pseudo_label's labelling φ (a preset or a φ file), fitted on the pool, written as label_phi.safetensors; "

@@ -283,6 +283,21 @@ def read_list(path, flag: str, root: Path) -> list[str]:
     return paths
 
 
+def add_max_pixels(parser) -> None:
+    """`--max-pixels`: the pixel limit of `ecos_pl.data.images` (files over it are skipped with a warning naming them)."""
+    from ecos_pl.data.images import MAX_IMAGE_PIXELS
+
+    parser.add_argument("--max-pixels", type=positive_int("--max-pixels"), default=MAX_IMAGE_PIXELS, metavar="N",
+                        help="skip, with a warning, an image file whose header promises more than N pixels, before it is decoded (default %(default)s)")
+
+
+def read_images(root: Path, paths: list[str], size: int, flag: str, args) -> tuple[np.ndarray, list[str]]:
+    """`decode_images` under the command's `--max-pixels`."""
+    from ecos_pl.data.images import PixelLimit
+
+    return decode_images(root, paths, size, flag, PixelLimit(args.max_pixels, "--max-pixels"))
+
+
 def check_image_size(size: int | None) -> int | None:
     from ecos_pl.phi import check_phi_image_size
 

@@ -1,0 +1,174 @@
+"""Issue 32 (reliability, round two), each finding replayed: memory bombs in tiny files, 16-bit and float pixels, outputs
+written over inputs, partial output on a full disk, settings that passed the startup check and failed late, a killed
+run that reported success, and a value that overflowed on its way into float32."""
+
+import resource
+import struct
+import subprocess
+import sys
+import textwrap
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecos_pl.data.images import PixelLimit, decode_all, decode_image, decode_images, pixel_limit
+from ecos_pl.protocol import ECOSInputError
+from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
+from ecos_pl.protocol.parties import cap_client_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- 1. memory from tiny images
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(path: Path, side: int, *, bit_depth: int, colour_type: int, extra: bytes = b"") -> Path:
+    """A PNG of side x side zero pixels, compressed row by row (a few KB on disk, never built in memory here)."""
+    row = b"\0" * (1 + (side * bit_depth + 7) // 8)  # filter byte + packed pixels
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, bit_depth, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+    return path
+
+
+def palette_bomb(path: Path, side: int = 13375) -> Path:
+    """The issue's 21.9 KB palette PNG (1 bit per index) with transparency: 13375², just under Pillow's own refusal."""
+    return bomb_png(path, side, bit_depth=1, colour_type=3,
+                    extra=_chunk(b"PLTE", bytes([10, 20, 30, 200, 100, 50])) + _chunk(b"tRNS", b"\0"))
+
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import resource, sys, warnings
+    from pathlib import Path
+    from ecos_pl.cli import client
+    from ecos_pl.cli.common import read_images
+    root = Path(sys.argv[1])
+    args = client.build_parser().parse_args(["score", "--centroids", "c.ecos", "--images", str(root), "--out", "s.ecos"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, kept = read_images(root, sorted(p.name for p in root.iterdir()), 32, "--images", args)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    print(len(images), *kept)
+    for w in caught:
+        print(w.message)
+""")
+
+
+def test_image_bombs_are_skipped_from_their_header_and_memory_stays_bounded(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    palette_bomb(root / "palette.png")
+    bomb_png(root / "bilevel.png", 13000, bit_depth=1, colour_type=0)  # the issue's 52 KB 1-bit file
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(root / "ok.png")
+    assert (root / "palette.png").stat().st_size < 30_000
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(root)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb, kept, *messages = proc.stdout.strip().splitlines()
+    assert int(peak_mb) < 400, f"peak RSS {peak_mb} MB"
+    assert kept == "1 ok.png"
+    for name, side in (("palette.png", 13375), ("bilevel.png", 13000)):
+        assert any(name in m and f"{side} x {side}" in m and "--max-pixels" in m for m in messages), messages
+
+
+def test_the_pixel_limit_is_a_setting_of_the_data_sources_and_the_programs(tmp_path):
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(tmp_path / "b.png")
+    with pixel_limit(100, "data.max_image_pixels"):
+        _, ok, failed = decode_all(tmp_path, ["a.png", "b.png"], 8)
+    assert ok.tolist() == [False, True]
+    assert failed == [("a.png", "it is 20 x 20 = 400 pixels, more than data.max_image_pixels=100 allows")]
+    with pytest.warns(UserWarning, match=r"--max-pixels=100"):
+        images, kept = decode_images(tmp_path, ["a.png", "b.png"], 8, "--images", PixelLimit(100, "--max-pixels"))
+    assert kept == ["b.png"]
+    with pytest.raises(ECOSInputError, match=r"^data\.max_image_pixels must be at least 1, got 0\.$"):
+        with pixel_limit(0, "data.max_image_pixels"):
+            pass
+
+
+# --------------------------------------------------------------------------- 2. every mode decodes to its RGB pixels
+
+
+def _grey(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.uint8)[None, :]
+    return np.repeat(v[..., None], 3, axis=2)
+
+
+def _mode_files(folder: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """(file, reference uint8 RGB [1, 4, 3]) per Pillow mode."""
+    sixteen = np.array([[0, 1000, 30000, 65535]], dtype=np.uint16)
+    expect16 = _grey(np.rint(sixteen[0] / 257))
+    out = {}
+    Image.fromarray(sixteen).save(folder / "i16.png")  # opens as I;16: once solid white
+    out["I;16"] = (folder / "i16.png", expect16)
+    Image.frombytes("I;16B", (4, 1), sixteen.astype(">u2").tobytes()).save(folder / "i16b.tif")
+    out["I;16B"] = (folder / "i16b.tif", expect16)
+    Image.fromarray(sixteen.astype(np.int32)).save(folder / "i32.tif")  # mode I
+    out["I"] = (folder / "i32.tif", expect16)
+    Image.fromarray(np.array([[0, 0.25, 0.5, 1.0]], dtype=np.float32)).save(folder / "f.tif")
+    out["F"] = (folder / "f.tif", _grey([0, 64, 128, 255]))
+    p = Image.new("P", (4, 1))
+    p.putpalette([10, 20, 30, 200, 100, 50])
+    p.putdata([0, 1, 1, 0])
+    p.save(folder / "p.png", transparency=0)
+    out["P"] = (folder / "p.png", np.array([[[10, 20, 30], [200, 100, 50], [200, 100, 50], [10, 20, 30]]], dtype=np.uint8))
+    cmyk = Image.new("CMYK", (4, 1))
+    cmyk.putdata([(100, 50, 0, 60), (0, 0, 0, 0), (255, 255, 255, 255), (0, 0, 0, 255)])
+    cmyk.save(folder / "cmyk.tif")
+    ref = [[round(255 * (1 - c / 255) * (1 - k / 255)) for c in px[:3]] for px, k in
+           (((100, 50, 0), 60), ((0, 0, 0), 0), ((255, 255, 255), 255), ((0, 0, 0), 255))]
+    out["CMYK"] = (folder / "cmyk.tif", np.array([ref], dtype=np.uint8))
+    la = Image.new("LA", (4, 1))
+    la.putdata([(0, 255), (77, 0), (128, 128), (255, 10)])
+    la.save(folder / "la.png")
+    out["LA"] = (folder / "la.png", _grey([0, 77, 128, 255]))
+    Image.fromarray(np.array([[0, 1, 1, 0]], dtype=bool)).save(folder / "one.png")
+    out["1"] = (folder / "one.png", _grey([0, 255, 255, 0]))
+    return out
+
+
+def test_every_mode_decodes_to_its_reference_rgb(tmp_path):
+    files = _mode_files(tmp_path)
+    for mode, (path, expected) in files.items():
+        with Image.open(path) as im:
+            assert im.mode == mode, (path, im.mode)
+        got = decode_image(path, 4)[:1]  # 4 x 1 -> 4 x 4: rows are the same pixels
+        assert np.array_equal(got, expected), (mode, got.tolist(), expected.tolist())
+    # float greys beyond [0, 1] are read as 0..255
+    Image.fromarray(np.array([[0, 100.0, 255.0, 300.0]], dtype=np.float32)).save(tmp_path / "f255.tif")
+    assert decode_image(tmp_path / "f255.tif", 4)[0, :, 0].tolist() == [0, 100, 255, 255]
+
+
+def test_a_16_bit_image_is_resized_in_full_precision(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    got = decode_image(tmp_path / "ramp.png", 8)[..., 0].astype(int)
+    reference = np.asarray(Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).resize((8, 8), Image.Resampling.BILINEAR), dtype=int)
+    assert np.abs(got - reference).max() <= 1 and got.min() < 20 and got.max() > 235
+
+
+# --------------------------------------------------------------------------- 7. values checked after the cast to float32
+
+
+def test_a_value_that_overflows_float32_is_refused_not_stored_as_inf():
+    with pytest.raises(ECOSInputError, match=r"^scores hold 1e\+39, beyond the float32 range of a message"):
+        ScoresMessage(np.array([1e39, 1.0]))
+    with pytest.raises(ECOSInputError, match=r"^centroids hold 1e\+39"):
+        CentroidsMessage(np.array([[1e39, 0.0]]))
+    with pytest.raises(ECOSInputError, match=r"^radii hold"):
+        CentroidsMessage(np.ones((2, 2)), radii=np.array([1e40, 1.0]))
+    with pytest.raises(ECOSInputError, match=r"^proxy features hold"):
+        ProxyFeaturesMessage(np.array([[-1e39, 0.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the largest float32 is taken as it is, and the cap stays finite
+        big = ScoresMessage(np.array([3.4e38, 1.0]))
+        capped, _ = cap_client_scores([big.scores, np.array([1.0, 1.0], dtype=np.float32)])
+    assert np.isfinite(big.scores).all() and all(np.isfinite(c).all() for c in capped)
