@@ -172,3 +172,93 @@ def test_a_value_that_overflows_float32_is_refused_not_stored_as_inf():
         big = ScoresMessage(np.array([3.4e38, 1.0]))
         capped, _ = cap_client_scores([big.scores, np.array([1.0, 1.0], dtype=np.float32)])
     assert np.isfinite(big.scores).all() and all(np.isfinite(c).all() for c in capped)
+
+
+# --------------------------------------------------------------------------- 3. outputs written over inputs
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    """A compressed cloud from images (φ file, state) and one client's scores, built once; tests copy what they change."""
+    from test_cli import _image_folder, ok
+
+    from ecos_pl.cli import client, cloud
+
+    root = tmp_path_factory.mktemp("programs")
+    for name, colour, seed in (("red", (200, 40, 40), 0), ("blue", (40, 40, 200), 1)):
+        _image_folder(root / "pool" / name, colour, 6, seed)
+    _image_folder(root / "mine", (200, 40, 40), 4, 5)
+    ok(cloud.main, "compress", "--pool", root / "pool", "--phi", "pca", "--label-phi", "none", "--image-size", 16, "--centroids", 4,
+       "--out-dir", root / "cloud")
+    ok(client.main, "score", "--centroids", root / "cloud/centroids.ecos", "--images", root / "mine", "--epsilon", "none",
+       "--out", root / "scores.ecos")
+    return root
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_read(programs):
+    from test_reliability_programs import refused
+
+    from ecos_pl.cli import client, cloud
+
+    before = _snapshot(programs)
+    w = programs
+    cases = [
+        (client.main, ["score", "--centroids", w / "cloud/centroids.ecos", "--images", w / "mine", "--out", w / "cloud/centroids.ecos"],
+         ["--out", "--centroids"]),
+        (client.main, ["score", "--centroids", w / "cloud/centroids.ecos", "--images", w / "mine", "--out", w / "cloud/phi.safetensors"],
+         ["--out", "--phi"]),
+        (client.main, ["score", "--centroids", w / "cloud/centroids.ecos", "--phi", w / "cloud/phi.safetensors", "--images", w / "mine",
+                       "--out", w / "cloud/../cloud/phi.safetensors"], ["--out", "--phi"]),
+        (cloud.main, ["select", "--state", w / "cloud", "--scores", w / "scores.ecos", "--budget", 4, "--out", w / "scores.ecos"],
+         ["--out", "--scores"]),
+        (cloud.main, ["select", "--state", w / "cloud", "--scores", w / "scores.ecos", "--budget", 4, "--out", w / "cloud/state/settings.json"],
+         ["--out", "inside --state"]),
+        (cloud.main, ["select", "--state", w / "cloud/state", "--scores", w / "scores.ecos", "--budget", 4, "--out", w / "cloud/state/new.json"],
+         ["--out", "inside --state"]),
+        (cloud.main, ["select", "--state", w / "cloud", "--scores", w / "scores.ecos", "--budget", 4, "--out", w / "cloud/centroids.ecos"],
+         ["--out", "--state"]),
+        (cloud.main, ["compress", "--features", w / "cloud/state/pool_features.npy", "--centroids", 2, "--out-dir", w / "cloud"],
+         ["--out-dir", "--features"]),
+        (cloud.main, ["split-folders", "--root", w / "pool", "--client-domain", "red", "--pool-list", w / "pool.txt",
+                      "--client-dir", w / "pool/red/copy"], ["--client-dir", "inside --root"]),
+    ]
+    for main, argv, words in cases:
+        line = refused(main, *argv, words=words)
+        assert line.count(".") >= 1 and "\n" not in line
+    assert _snapshot(programs) == before  # nothing read was changed, nothing new written
+    # a φ file given from --out-dir itself is still fine: it is read first and written back unchanged
+    from test_cli import ok
+
+    ok(cloud.main, "compress", "--pool", w / "pool", "--phi", w / "cloud/phi.safetensors", "--label-phi", "none", "--centroids", 4,
+       "--out-dir", w / "cloud")
+    assert _snapshot(w / "cloud")["phi.safetensors"] == before["cloud/phi.safetensors"]
+
+
+# --------------------------------------------------------------------------- 4. partial output on a full disk
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from ecos_pl.cli import cloud
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG, as a full disk fails with ENOSPC
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    sys.exit(cloud.main(sys.argv[2:]))
+""")
+
+
+def test_compress_on_a_full_disk_leaves_nothing_and_names_the_file(programs, tmp_path):
+    sizes = {name: len(b) for name, b in _snapshot(programs / "cloud").items()}
+    largest = max(sizes, key=sizes.get)
+    limit = sorted(sizes.values())[-2] + 1  # every file fits but the largest
+    out = tmp_path / "out"
+    argv = ["compress", "--pool", str(programs / "pool"), "--phi", "pca", "--label-phi", "none", "--image-size", "16", "--centroids", "4",
+            "--out-dir", str(out)]
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *argv], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(out / largest) in lines[0] and "File too large" in lines[0], (largest, lines)
+    assert [p.name for p in out.iterdir()] == [] if out.exists() else True  # no centroids.ecos, no state/ without φ

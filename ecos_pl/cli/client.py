@@ -33,6 +33,7 @@ from ecos_pl.cli.common import (
     positive_int,
     read_features,
     read_message,
+    refuse_overwrite,
     run_program,
     say,
     scores_privacy_line,
@@ -60,6 +61,15 @@ PHI_FILE = "phi.safetensors"
 LABEL_PHI_FILE = "label_phi.safetensors"
 #: the defaults are train.py's: one settings object per protocol part (`ecos_pl.protocol.settings`)
 LABELLING, SCORE_PRIVACY = Labelling(), ScorePrivacy()
+
+
+def _refuse_overwrite(args, message_flag: str, *others: str) -> None:
+    """--out is none of the files this command reads (the message, φ given or next to it, features, `others`' flags)."""
+    message = getattr(args, message_flag.lstrip("-").replace("-", "_"))
+    folder = Path(message).expanduser().parent
+    phis = [("--phi", args.phi)] if args.phi is not None else [("--phi", folder / n) for n in (PHI_FILE, LABEL_PHI_FILE)]
+    inputs = [(message_flag, message), *phis, ("--features", args.features)]
+    refuse_overwrite([("--out", args.out)], inputs + [(flag, getattr(args, flag.lstrip("-").replace("-", "_"))) for flag in others])
 
 
 def _client_phi(args, message, message_flag: str, default_names: tuple[str, ...] = (PHI_FILE,)):
@@ -125,6 +135,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
 
 
 def cmd_score(args) -> int:
+    _refuse_overwrite(args, "--centroids")
     message, _ = read_message(args.centroids, CentroidsMessage, "--centroids", check_centroids)
     features, _, _, _ = _client_features(args, message, "--centroids")
     client = ECOSClient(features, epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, seed=args.seed,
@@ -156,6 +167,7 @@ def cmd_label(args) -> int:
     from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
     from ecos_pl.protocol.privacy import ScoreMechanism, check_budget
 
+    _refuse_overwrite(args, "--proxy-features", "--labels", "--scores")
     message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features", _unit_proxy_features)
     if args.features is not None and args.labels is None:
         raise ECOSInputError("--features needs --labels (one class index per row) to label the proxy set.")

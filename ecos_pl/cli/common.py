@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ecos_pl import atomic
-from ecos_pl.atomic import replace_dir, write_atomic  # noqa: F401 - replace_dir: re-exported
+from ecos_pl.atomic import replace_dir, replace_entries, write_atomic  # noqa: F401 - replace_dir, replace_entries: re-exported
 from ecos_pl.bad_input import one_line as _one_line
 from ecos_pl.data.images import IMAGE_EXTENSIONS, decode_images, list_images, require_images  # noqa: F401 - re-exported
 from ecos_pl.protocol.errors import ECOSInputError
@@ -181,6 +181,37 @@ def existing_file(path, flag: str) -> Path:
 
 def existing_dir(path, flag: str) -> Path:
     return _existing(path, flag, Path.is_dir, "folder")
+
+
+def _real(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a == b or (a.exists() and b.exists() and a.samefile(b))  # a hard link, a bind mount
+    except OSError:
+        return False
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """Before anything is read: no output may be an input, lie inside an input folder, or hold an input.
+
+    `outputs` and `inputs` are (flag, path) pairs (a None path is skipped); a path ending in "/" is a
+    folder (the cloud's state). One sentence names both flags, and nothing has been read or written.
+    """
+    outs = [(flag, str(path), _real(path)) for flag, path in outputs if path is not None]
+    for in_flag, src in inputs:
+        if src is None:
+            continue
+        folder = str(src).endswith("/")
+        s = _real(src)
+        for out_flag, shown, o in outs:
+            if _same(o, s) or (folder and o.is_relative_to(s)):
+                where = f"inside {in_flag} {src}" if folder and not _same(o, s) else f"{in_flag}'s own file ({src})"
+                raise ECOSInputError(f"{out_flag} {shown} is {where}; writing it would destroy an input, so give another path.")
+            if s.is_relative_to(o) and o.is_dir():
+                raise ECOSInputError(f"{out_flag} {shown} holds {in_flag} {src}, which writing it would replace; give another path.")
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
