@@ -2,7 +2,6 @@
 written over inputs, partial output on a full disk, settings that passed the startup check and failed late, a killed
 run that reported success, and a value that overflowed on its way into float32."""
 
-import resource
 import struct
 import subprocess
 import sys
@@ -15,9 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecos_pl.data.images import PixelLimit, decode_all, decode_image, decode_images, pixel_limit
+from ecos_pl.data.images import (
+    PixelLimit,
+    decode_all,
+    decode_image,
+    decode_images,
+    pixel_limit,
+)
 from ecos_pl.protocol import ECOSInputError
-from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
+from ecos_pl.protocol.messages import (
+    CentroidsMessage,
+    ProxyFeaturesMessage,
+    ScoresMessage,
+)
 from ecos_pl.protocol.parties import cap_client_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +79,7 @@ def test_image_bombs_are_skipped_from_their_header_and_memory_stays_bounded(tmp_
     bomb_png(root / "bilevel.png", 13000, bit_depth=1, colour_type=0)  # the issue's 52 KB 1-bit file
     Image.new("RGB", (40, 30), (200, 40, 40)).save(root / "ok.png")
     assert (root / "palette.png").stat().st_size < 30_000
-    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(root)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(root)], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
     peak_mb, kept, *messages = proc.stdout.strip().splitlines()
     assert int(peak_mb) < 400, f"peak RSS {peak_mb} MB"
@@ -87,11 +96,10 @@ def test_the_pixel_limit_is_a_setting_of_the_data_sources_and_the_programs(tmp_p
     assert ok.tolist() == [False, True]
     assert failed == [("a.png", "it is 20 x 20 = 400 pixels, more than data.max_image_pixels=100 allows")]
     with pytest.warns(UserWarning, match=r"--max-pixels=100"):
-        images, kept = decode_images(tmp_path, ["a.png", "b.png"], 8, "--images", PixelLimit(100, "--max-pixels"))
+        _, kept = decode_images(tmp_path, ["a.png", "b.png"], 8, "--images", PixelLimit(100, "--max-pixels"))
     assert kept == ["b.png"]
-    with pytest.raises(ECOSInputError, match=r"^data\.max_image_pixels must be at least 1, got 0\.$"):
-        with pixel_limit(0, "data.max_image_pixels"):
-            pass
+    with pytest.raises(ECOSInputError, match=r"^data\.max_image_pixels must be at least 1, got 0\.$"), pixel_limit(0, "data.max_image_pixels"):
+        pass
 
 
 # --------------------------------------------------------------------------- 2. every mode decodes to its RGB pixels
@@ -257,8 +265,98 @@ def test_compress_on_a_full_disk_leaves_nothing_and_names_the_file(programs, tmp
     out = tmp_path / "out"
     argv = ["compress", "--pool", str(programs / "pool"), "--phi", "pca", "--label-phi", "none", "--image-size", "16", "--centroids", "4",
             "--out-dir", str(out)]
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *argv], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *argv], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert str(out / largest) in lines[0] and "File too large" in lines[0], (largest, lines)
     assert [p.name for p in out.iterdir()] == [] if out.exists() else True  # no centroids.ecos, no state/ without φ
+
+
+# --------------------------------------------------------------------------- 5. settings that passed the check and failed late
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["seed=4294967296"], "seed=4294967296 is larger than the largest seed Lightning takes (4294967295)."),
+        (["backbone.student=no_such_model"], "backbone.student='no_such_model' is not a timm model name"),
+        (["backbone.teacher=resnet18x"], "backbone.teacher='resnet18x' is not a timm model name (close: resnet18"),
+        (["trainer.accelerator=tpu"], "the trainer cannot run here (trainer.accelerator=tpu, trainer.devices=1"),
+        (["trainer=cpu", "trainer.devices=0"], "the trainer cannot run here (trainer.accelerator=cpu, trainer.devices=0"),
+        (["+scenario.bogus=1"], "+scenario.bogus is not a setting of this run, so its value would be ignored"),
+        (["+data.bogus=1"], "+data.bogus is not a setting of this run"),
+        (["+scenario.teacher.epoch=3"], "+scenario.teacher.epoch is not a setting of this run, so its value would be ignored; did you mean scenario.teacher.epochs?"),
+        (["+trainer.limit_val_batch=2"], "did you mean trainer.limit_val_batches?"),
+        (["+budgett=3"], "did you mean budget?"),
+    ],
+)
+def test_a_late_failing_setting_is_one_sentence_before_any_data(tmp_path, monkeypatch, overrides, words):
+    from runs import call_main
+
+    from ecos_pl import experiment
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data were built before the settings were checked")
+
+    monkeypatch.setattr(experiment.hydra.utils, "instantiate", _only_trainers(experiment.hydra.utils.instantiate, no_data))
+    run = call_main("train", tmp_path, "logger=none", "callbacks=none", *overrides)
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 2 and len(lines) == 1 and lines[0].startswith("train.py: error: "), run.stderr[-2000:]
+    assert words in lines[0], lines[0]
+    assert run.results is None
+
+
+def _only_trainers(instantiate, refuse):
+    """hydra's instantiate for the trainer (the hardware probe); anything else (the data module) is refused."""
+    def patched(node, *args, **kwargs):
+        if str(node.get("_target_", "")).endswith("Trainer"):
+            return instantiate(node, *args, **kwargs)
+        return refuse()
+
+    return patched
+
+
+def test_keys_added_to_objects_that_take_them_pass():
+    from ecos_pl.config_schema import check_additions
+
+    check_additions(["+trainer.limit_val_batches=2", "++seed=3", "+experiment=exact_scores", "++scenario.epochs=2"])
+
+
+# --------------------------------------------------------------------------- 6. a killed run reports where it stopped
+
+SLOW_TEACHER = textwrap.dedent("""
+    import runpy, sys, time
+    from pytorch_lightning.loops.training_epoch_loop import _TrainingEpochLoop
+    advance = _TrainingEpochLoop.advance
+    def slow(self, *args, **kwargs):   # every optimizer step takes a while: the signal lands inside Lightning's loop
+        print("STEP", flush=True)
+        time.sleep(0.5)
+        return advance(self, *args, **kwargs)
+    _TrainingEpochLoop.advance = slow
+    sys.argv = ["train.py", *sys.argv[1:]]
+    runpy.run_path("train.py", run_name="__main__")
+""")
+
+
+@pytest.mark.parametrize(("signum", "code", "name"), [(15, 143, "SIGTERM"), (2, 130, "SIGINT")])
+def test_a_signal_during_training_exits_non_zero_and_says_where(tmp_path, signum, code, name):
+    import os
+
+    results = tmp_path / "results.json"
+    cmd = [sys.executable, "-c", SLOW_TEACHER, "debug=smoke", "data=digits_lite", "logger=none", "callbacks=none",
+           f"results_file={results}", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("STEP"):
+                break
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    lines = [line for line in err.strip().splitlines() if line.startswith("train.py:")]
+    assert proc.returncode == code, err[-3000:]
+    assert lines == [f"train.py: stopped by {name} while training teacher: test_resnet on the pool's labels; no results were written."], err[-3000:]
+    assert "Traceback" not in err
+    assert not results.exists()

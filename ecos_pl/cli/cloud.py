@@ -160,7 +160,9 @@ def _state_folder(path) -> Path:
 def _state_inputs(path) -> list[tuple[str, object]]:
     """What a command given `--state path` reads: the state folder, and compress's files beside it (nothing is read here)."""
     p = Path(path).expanduser()
-    folder = p / "state" if (p / "state").is_dir() else p
+    folder = next((f for f in (p / "state", p) if (f / "settings.json").is_file()), None)
+    if folder is None:  # no state: load_state says so
+        return []
     return [("--state", f"{folder}/"), *(("--state", folder.parent / n) for n in ("centroids.ecos", "phi.safetensors", LABEL_PHI_FILE))]
 
 
