@@ -302,20 +302,21 @@ def _all_keys(node, prefix: str = "") -> list[str]:
     return keys
 
 
-def _parameter_of_target(node, leaf: str) -> bool | None:
-    """Whether `leaf` is a parameter of `node`'s `_target_` (None: it takes **kwargs, or cannot be told)."""
+def _target_parameters(node) -> list[str] | None:
+    """The keyword parameters of `node`'s `_target_` (None: it takes **kwargs, or cannot be told)."""
     import inspect
 
     from hydra._internal.utils import _locate
 
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
     try:
-        target = _locate(str(node.get("_target_")))
-        params = inspect.signature(target).parameters
+        params = inspect.signature(_locate(str(node.get("_target_")))).parameters
     except Exception:  # noqa: BLE001 - a target that does not import is instantiate's error, later
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
-    return leaf in params
+    return [name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
 def check_additions(overrides: Sequence[str]) -> None:
@@ -344,9 +345,10 @@ def check_additions(overrides: Sequence[str]) -> None:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
         called_whole = parent and (parent in _CALLED_WHOLE or any(parent.startswith(p) for p in _CALLED_WHOLE if p.endswith(".")))
-        if isinstance(node, DictConfig) and "_target_" in node and called_whole and _parameter_of_target(node, leaf) is not False:
+        params = _target_parameters(node) if called_whole else None
+        if called_whole and isinstance(node, DictConfig) and "_target_" in node and (params is None or leaf in params):
             continue
-        siblings = [k for k in known if k.startswith(f"{parent}.")] if parent else known
+        siblings = [k for k in known if k.startswith(f"{parent}.")] + [f"{parent}.{p}" for p in params or ()] if parent else known
         close = difflib.get_close_matches(key, siblings, n=1)
         hint = f"; did you mean {close[0]}?" if close else "."
         raise ECOSInputError(f"{o.input_line.split('=', 1)[0]} is not a setting of this run, so its value would be ignored{hint}")
