@@ -319,7 +319,7 @@ def _only_trainers(instantiate, refuse):
 def test_keys_added_to_objects_that_take_them_pass():
     from ecos_pl.config_schema import check_additions
 
-    check_additions(["+trainer.limit_val_batches=2", "++seed=3", "+experiment=exact_scores", "++scenario.epochs=2"])
+    check_additions(["+trainer.limit_val_batches=2", "++seed=3", "++scenario.epochs=2", "+trainer.enable_progress_bar=false"])
 
 
 # --------------------------------------------------------------------------- 6. a killed run reports where it stopped
