@@ -203,7 +203,8 @@ def probe_trainer(cfg: DictConfig) -> pl.Trainer:
     from ecos_pl.protocol.errors import ECOSInputError
 
     try:
-        return hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False)
+        return hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                                       default_root_dir=None)  # a probe writes nothing (and needs no Hydra app to resolve it)
     except Exception as err:  # noqa: BLE001 - Lightning says what is wrong (MisconfigurationException, ValueError, ImportError)
         cause = err
         while cause.__cause__ is not None:  # hydra's instantiate wraps the constructor's error
