@@ -28,14 +28,19 @@ def main(cfg: DictConfig) -> float | None:
     from ecos_pl.config_schema import config_errors, validate_config
 
     with exit_on_bad_input("train.py", config_errors()):
-        validate_config(cfg)  # before the heavy imports below: a typo costs a second, not a teacher's training
+        from hydra.core.hydra_config import HydraConfig
+
+        # before the heavy imports below: a typo costs a second, not a teacher's training; `+key=value` keys too
+        validate_config(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else ())
         from pytorch_lightning.utilities import rank_zero_only
         from rich.console import Console
 
         from ecos_pl.atomic import write_json_atomic
         from ecos_pl.experiment import results_table, run_experiment
+        from ecos_pl.interrupt import stop_on_signals
 
-        results = run_experiment(cfg)
+        with stop_on_signals("train.py"):  # SIGTERM/SIGINT: exit 143/130 and one line saying where, never 0
+            results = run_experiment(cfg)
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports
         return results["client_val_acc"]
     Console().print(results_table(results))
