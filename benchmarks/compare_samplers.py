@@ -78,6 +78,20 @@ def config_sha1(overrides: list[str]) -> str:
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 
+#: how a table's title names its data's layout (data.layout of digits5_lite)
+LAYOUT_WORDS = {"digits": " (Digits layout: the client's domain absent from the pool)",
+                "domainnet": " (DomainNet layout: half of the client's domain in the pool)"}
+
+
+def data_layout(overrides: list[str]) -> str | None:
+    """The runs' `data.layout` (the scenario's default unless overridden); None for data without layouts."""
+    from omegaconf import OmegaConf
+
+    from ecos_pl.compose import train_config
+
+    return OmegaConf.select(train_config(*overrides), "data.layout", default=None)
+
+
 def variant_tag(extra: list[str]) -> str:
     """`-<sha1[:8]>` of the sorted extra overrides ("" for none): runs with other overrides never share (and never
     reuse) each other's results or tables."""
@@ -167,8 +181,12 @@ def main(argv: list[str]) -> int:
     data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
     domains = DOMAINS.get(data, []) if opts["domains"] == ["all"] else opts["domains"]
     out_dir = (ROOT / opts["out"]).resolve()
-    tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data="))])
-    runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
+    layout = data_layout(overrides)
+    tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data=", "data.layout="))])
+    # the layout names the files (digits: no suffix, as before layouts existed), not the tag: data.layout=domainnet on
+    # the command line and a scenario whose default it is write the same table
+    name = f"{data}{'' if layout in (None, 'digits') else f'_{layout}'}"
+    runs_dir = out_dir / "runs" / f"{scenario}-{name}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
         where = [] if domain is None else [f"data.client_domain={domain}"]
@@ -179,15 +197,15 @@ def main(argv: list[str]) -> int:
                 if kept is None:
                     return 1
                 rows.setdefault(sampler, []).append(kept)
-    title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f", client domains {domains}" if domains else "") \
-        + (f" ({' '.join(overrides)})" if overrides else "")
+    title = f"{scenario} on {data}{LAYOUT_WORDS.get(layout, '')}, seeds {opts['seeds']}" \
+        + (f", client domains {domains}" if domains else "") + (f" ({' '.join(overrides)})" if overrides else "")
     table = markdown(rows, title) + (per_domain(rows, domains) if domains else "")
     print(table)
-    stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
+    stem = out_dir / f"compare_samplers-{scenario}-{name}{tag}"
     write_text_atomic(stem.with_suffix(".md"), table)
     command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
-    write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "domains": domains,
-                       "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
+    write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
+                       "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
     if data == "digits5_lite":
         from results_md import write_results
