@@ -78,11 +78,6 @@ def config_sha1(overrides: list[str]) -> str:
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 
-#: how a table's title names its data's layout (data.layout of digits5_lite)
-LAYOUT_WORDS = {"digits": " (Digits layout: the client's domain absent from the pool)",
-                "domainnet": " (DomainNet layout: half of the client's domain in the pool)"}
-
-
 def data_layout(overrides: list[str]) -> str | None:
     """The runs' `data.layout` (the scenario's default unless overridden); None for data without layouts."""
     from omegaconf import OmegaConf
@@ -90,6 +85,13 @@ def data_layout(overrides: list[str]) -> str | None:
     from ecos_pl.compose import train_config
 
     return OmegaConf.select(train_config(*overrides), "data.layout", default=None)
+
+
+def data_name(data: str, layout: str | None) -> str:
+    """The data's name in file and folder names: the layout names them (digits: no suffix, as before layouts
+    existed), not the variant tag, so data.layout=domainnet on the command line and a scenario whose default it
+    is write the same table."""
+    return f"{data}{'' if layout in (None, 'digits') else f'_{layout}'}"
 
 
 def variant_tag(extra: list[str]) -> str:
@@ -165,9 +167,9 @@ def mean_std(values: list) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def markdown(rows: dict[str, list[dict]], title: str) -> str:
+def markdown(rows: dict[str, list[dict]], title: str, command: str = "") -> str:
     columns = [c for c in COLUMNS if any(r.get(c) is not None for runs in rows.values() for r in runs)]
-    lines = [f"### {title}", "", "| sampler | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
+    lines = [f"### {title}", "", *([f"`{command}`", ""] if command else []), "| sampler | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
     for sampler, runs in rows.items():
         cells = [mean_std([r.get(c) for r in runs]) for c in columns]
         cells.append(mean_std([r["timings"]["train"] for r in runs]))
@@ -183,9 +185,7 @@ def main(argv: list[str]) -> int:
     out_dir = (ROOT / opts["out"]).resolve()
     layout = data_layout(overrides)
     tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data=", "data.layout="))])
-    # the layout names the files (digits: no suffix, as before layouts existed), not the tag: data.layout=domainnet on
-    # the command line and a scenario whose default it is write the same table
-    name = f"{data}{'' if layout in (None, 'digits') else f'_{layout}'}"
+    name = data_name(data, layout)
     runs_dir = out_dir / "runs" / f"{scenario}-{name}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
@@ -197,13 +197,15 @@ def main(argv: list[str]) -> int:
                 if kept is None:
                     return 1
                 rows.setdefault(sampler, []).append(kept)
+    from results_md import LAYOUT_WORDS
+
     title = f"{scenario} on {data}{LAYOUT_WORDS.get(layout, '')}, seeds {opts['seeds']}" \
         + (f", client domains {domains}" if domains else "") + (f" ({' '.join(overrides)})" if overrides else "")
-    table = markdown(rows, title) + (per_domain(rows, domains) if domains else "")
+    command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
+    table = markdown(rows, title, command.strip()) + (per_domain(rows, domains) if domains else "")
     print(table)
     stem = out_dir / f"compare_samplers-{scenario}-{name}{tag}"
     write_text_atomic(stem.with_suffix(".md"), table)
-    command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
     write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
                        "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
