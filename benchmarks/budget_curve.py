@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare_samplers import run_kept, variant_tag  # noqa: E402
-from results_md import _mean  # noqa: E402
+from compare_samplers import data_layout, data_name, run_kept, variant_tag  # noqa: E402
+from results_md import LAYOUT_WORDS, _mean  # noqa: E402
 
 from ecos_pl.atomic import write_atomic, write_json_atomic  # noqa: E402
 
@@ -44,8 +44,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
     args = ap.parse_args(argv)
     out = (ROOT / args.out).resolve()
-    tag = variant_tag(args.overrides)
-    runs_dir = out / "runs" / f"budget-{args.scenario}-{args.data}{tag}"
+    layout = data_layout([f"scenario={args.scenario}", f"data={args.data}", *args.overrides])
+    tag = variant_tag([o for o in args.overrides if not o.startswith("data.layout=")])
+    name = data_name(args.data, layout)
+    runs_dir = out / "runs" / f"budget-{args.scenario}-{name}{tag}"
     found: dict[tuple[str, int], list[dict]] = {}
     for budget in args.budgets:
         for sampler in args.samplers:
@@ -78,13 +80,13 @@ def main(argv: list[str]) -> int:
     text = "\n".join(lines) + f"\n\nAccuracy %, mean over client domains {args.domains or 'of the data config'} and seeds {args.seeds}; {steps}.\n"
     if best is not None and best["val"] is not None:
         text += f"ECOS's best budget by validation accuracy: B = {best['budget']}.\n"
-    title = f"Budget curve: {args.scenario} on {args.data}, about {args.steps} optimizer steps per run" \
+    title = f"Budget curve: {args.scenario} on {args.data}{LAYOUT_WORDS.get(layout, '')}, about {args.steps} optimizer steps per run" \
         + (f" ({' '.join(args.overrides)})" if args.overrides else "")
-    figure = out / f"budget_curve-{args.scenario}-{args.data}{tag}.png"
+    figure = out / f"budget_curve-{args.scenario}-{name}{tag}.png"
     _plot(curve, title, figure)
     command = "uv run python benchmarks/budget_curve.py " + " ".join(argv)
-    write_json_atomic({"title": title, "command": command.strip(), "markdown": text, "curve": curve, "figure": str(figure),
-                       "runs": {f"{s}-{b}": r for (s, b), r in found.items()}}, out / f"budget_curve-{args.scenario}-{args.data}{tag}.json")
+    write_json_atomic({"title": title, "command": command.strip(), "layout": layout, "markdown": text, "curve": curve, "figure": str(figure),
+                       "runs": {f"{s}-{b}": r for (s, b), r in found.items()}}, out / f"budget_curve-{args.scenario}-{name}{tag}.json")
     print(f"### {title}\n\n{text}")
     if args.data == "digits5_lite":
         from results_md import write_results

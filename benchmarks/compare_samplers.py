@@ -78,6 +78,22 @@ def config_sha1(overrides: list[str]) -> str:
     return hashlib.sha1(OmegaConf.to_yaml(cfg).encode()).hexdigest()
 
 
+def data_layout(overrides: list[str]) -> str | None:
+    """The runs' `data.layout` (the scenario's default unless overridden); None for data without layouts."""
+    from omegaconf import OmegaConf
+
+    from ecos_pl.compose import train_config
+
+    return OmegaConf.select(train_config(*overrides), "data.layout", default=None)
+
+
+def data_name(data: str, layout: str | None) -> str:
+    """The data's name in file and folder names: the layout names them (digits: no suffix, as before layouts
+    existed), not the variant tag, so data.layout=domainnet on the command line and a scenario whose default it
+    is write the same table."""
+    return f"{data}{'' if layout in (None, 'digits') else f'_{layout}'}"
+
+
 def variant_tag(extra: list[str]) -> str:
     """`-<sha1[:8]>` of the sorted extra overrides ("" for none): runs with other overrides never share (and never
     reuse) each other's results or tables."""
@@ -151,9 +167,9 @@ def mean_std(values: list) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def markdown(rows: dict[str, list[dict]], title: str) -> str:
+def markdown(rows: dict[str, list[dict]], title: str, command: str = "") -> str:
     columns = [c for c in COLUMNS if any(r.get(c) is not None for runs in rows.values() for r in runs)]
-    lines = [f"### {title}", "", "| sampler | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
+    lines = [f"### {title}", "", *([f"`{command}`", ""] if command else []), "| sampler | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 2) + "|"]
     for sampler, runs in rows.items():
         cells = [mean_std([r.get(c) for r in runs]) for c in columns]
         cells.append(mean_std([r["timings"]["train"] for r in runs]))
@@ -167,8 +183,10 @@ def main(argv: list[str]) -> int:
     data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "digits_lite")
     domains = DOMAINS.get(data, []) if opts["domains"] == ["all"] else opts["domains"]
     out_dir = (ROOT / opts["out"]).resolve()
-    tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data="))])
-    runs_dir = out_dir / "runs" / f"{scenario}-{data}{tag}"
+    layout = data_layout(overrides)
+    tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data=", "data.layout="))])
+    name = data_name(data, layout)
+    runs_dir = out_dir / "runs" / f"{scenario}-{name}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
         where = [] if domain is None else [f"data.client_domain={domain}"]
@@ -179,15 +197,17 @@ def main(argv: list[str]) -> int:
                 if kept is None:
                     return 1
                 rows.setdefault(sampler, []).append(kept)
-    title = f"{scenario} on {data}, seeds {opts['seeds']}" + (f", client domains {domains}" if domains else "") \
-        + (f" ({' '.join(overrides)})" if overrides else "")
-    table = markdown(rows, title) + (per_domain(rows, domains) if domains else "")
-    print(table)
-    stem = out_dir / f"compare_samplers-{scenario}-{data}{tag}"
-    write_text_atomic(stem.with_suffix(".md"), table)
+    from results_md import LAYOUT_WORDS
+
+    title = f"{scenario} on {data}{LAYOUT_WORDS.get(layout, '')}, seeds {opts['seeds']}" \
+        + (f", client domains {domains}" if domains else "") + (f" ({' '.join(overrides)})" if overrides else "")
     command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
-    write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "domains": domains,
-                       "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
+    table = markdown(rows, title, command.strip()) + (per_domain(rows, domains) if domains else "")
+    print(table)
+    stem = out_dir / f"compare_samplers-{scenario}-{name}{tag}"
+    write_text_atomic(stem.with_suffix(".md"), table)
+    write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
+                       "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
     print(f"written {stem}.md and {stem}.json")
     if data == "digits5_lite":
         from results_md import write_results

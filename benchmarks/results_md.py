@@ -12,6 +12,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -80,12 +82,38 @@ def margin_spread(rows: dict[str, list[dict]], domains: list[str], over: str) ->
     return _spread([ecos[s] - other[s] for s in ecos if s in other])
 
 
+def paired(rows: dict[str, list[dict]], over: str, key: str = "client_test_acc") -> list[tuple[float, float]]:
+    """(ECOS's, `over`'s) `key` for each client domain × seed both ran."""
+    theirs = {(r.get("client_domain"), r["seed"]): r.get(key) for r in rows.get(over, [])}
+    return [(r[key], theirs[(r.get("client_domain"), r["seed"])]) for r in rows.get("ecos", [])
+            if theirs.get((r.get("client_domain"), r["seed"])) is not None and r.get(key) is not None]
+
+
 def paired_wins(rows: dict[str, list[dict]], over: str) -> tuple[int, int]:
     """(client domain × seed pairs where ECOS's test accuracy is above `over`'s, pairs both ran)."""
-    theirs = {(r.get("client_domain"), r["seed"]): r.get("client_test_acc") for r in rows.get(over, [])}
-    pairs = [(r["client_test_acc"], theirs[(r.get("client_domain"), r["seed"])]) for r in rows.get("ecos", [])
-             if theirs.get((r.get("client_domain"), r["seed"])) is not None and r.get("client_test_acc") is not None]
+    pairs = paired(rows, over)
     return sum(a > b for a, b in pairs), len(pairs)
+
+
+#: the paired bootstrap: resamples and the seed of its generator (fixed: the same JSON always gives the same interval)
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
+
+
+def bootstrap_ci(diffs, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of paired differences (the pairs resampled with replacement);
+    None for fewer than two pairs."""
+    d = np.asarray(list(diffs), dtype=np.float64)
+    if len(d) < 2:
+        return None
+    means = d[np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def paired_ci(rows: dict[str, list[dict]], over: str) -> str:
+    """ECOS − `over`'s 95 % paired-bootstrap interval in points, `[lo, hi]` ("—" for fewer than two pairs)."""
+    ci = bootstrap_ci(100 * (a - b) for a, b in paired(rows, over))
+    return "—" if ci is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 
 def margins(rows: dict[str, list[dict]], domains: list[str], over: str) -> float | None:
@@ -100,7 +128,8 @@ def margins(rows: dict[str, list[dict]], domains: list[str], over: str) -> float
 def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str | None = None) -> str:
     scenario = scenario or next(iter(rows.values()))[0]["scenario"]
     paper = PAPER.get(scenario, {})
-    lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) | ECOS ahead (domain × seed pairs) |", "|---|---|---|---|"]
+    lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) | ECOS ahead (domain × seed pairs) | 95 % CI (paired bootstrap) |",
+             "|---|---|---|---|---|"]
     for over in ("random", "kcenter", "full", "oracle_central", "local"):
         ours = margins(rows, domains, over)
         theirs = paper["ecos"] - paper[over] if over in paper else None
@@ -108,9 +137,30 @@ def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str
             spread = margin_spread(rows, domains, over)
             won, pairs = paired_wins(rows, over)
             lines.append(f"| {over} | {'—' if ours is None else f'{ours:+.1f}{spread}'} | {'—' if theirs is None else f'{theirs:+.1f}'} | "
-                         f"{f'{won} of {pairs}' if pairs else '—'} |")
+                         f"{f'{won} of {pairs}' if pairs else '—'} | {paired_ci(rows, over)} |")
     anchor = f"Paper's anchor: {paper['anchor']}.\n\n" if paper else ""
-    return anchor + "\n".join(lines) + "\n"
+    ci = (f"95 % CI: percentile bootstrap of the mean of ECOS − baseline over the client domain × seed pairs "
+          f"(paired by seed; {BOOTSTRAP_RESAMPLES:,} resamples, numpy seed {BOOTSTRAP_SEED}).\n")
+    return anchor + "\n".join(lines) + "\n\n" + ci
+
+
+#: how a title names the layout of digits5_lite (`data.layout`); a table written before layouts existed is the digits one
+LAYOUT_WORDS = {"digits": " (Digits layout: the client's domain absent from the pool)",
+                "domainnet": " (DomainNet layout: half of the client's domain in the pool)"}
+
+
+def layout_of(table: dict) -> str | None:
+    return table.get("layout") or ("digits" if table.get("data") == "digits5_lite" or "digits5_lite" in table.get("title", "") else None)
+
+
+def titled(table: dict) -> str:
+    """The table's title, naming its layout when the title does not."""
+    layout = layout_of(table)
+    title = table["title"]
+    if layout is None or "layout" in title:
+        return title
+    at = f" on {table.get('data') or 'digits5_lite'}"
+    return title.replace(at, at + LAYOUT_WORDS[layout], 1) if at in title else title + LAYOUT_WORDS[layout]
 
 
 #: the benchmarks' own results folder: only its tables reach the README
@@ -141,7 +191,7 @@ def write_results(results_dir: Path, readme: Path | None = None) -> Path:
             continue
         rows, domains, scenario = table["runs"], table["domains"], table["scenario"]
         teacher = _mean([r.get("teacher_test_acc") for r in next(iter(rows.values()))])
-        parts += [f"## {table['title']}", "", "```bash", table.get("command", "(command not recorded)"), "```", "",
+        parts += [f"## {titled(table)}", "", "```bash", table.get("command", "(command not recorded)"), "```", "",
                   per_domain_table(rows, domains), margins_table(rows, domains, scenario)]
         parts += [line for line in (means_line(rows, "client_val_acc", "Client validation accuracy"),
                                     means_line(rows, "pseudo_label_acc", "Pseudo-labels right, of those kept")) if line]
@@ -150,9 +200,10 @@ def write_results(results_dir: Path, readme: Path | None = None) -> Path:
                          "(mean over domains and seeds).\n")
     for path in sorted(results_dir.glob("budget_curve-*.json")):
         curve = json.loads(path.read_text())
-        parts += [f"## {curve['title']}", "", "```bash", curve["command"], "```", "", curve["markdown"], ""]
+        parts += [f"## {titled(curve)}", "", "```bash", curve["command"], "```", "", curve["markdown"], ""]
         if curve.get("figure"):
-            parts += [f"![budget curve]({Path(curve['figure']).relative_to(results_dir.parent).as_posix()})", ""]
+            # next to its JSON (the absolute path it was written to may be another checkout's)
+            parts += [f"![budget curve]({results_dir.name}/{Path(curve['figure']).name})", ""]
     out = results_dir.parent / "RESULTS.md"
     write_text_atomic(out, "\n".join(parts).rstrip() + "\n")
     if readme is not None:
@@ -168,23 +219,26 @@ def summary_table(results_dir: Path) -> str:
     """One row per scenario: each sampler's accuracy averaged over client domains and seeds, ECOS − random beside the paper's."""
     samplers = ("ecos", "kcenter", "random", "full", "oracle_central", "local")
     found = {}
-    for path in sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite.json")):  # the defaults' tables (no variant tag)
+    # the defaults' tables (no variant tag), per layout
+    for path in sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite.json")) + \
+            sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite_domainnet.json")):
         table = json.loads(path.read_text())
         if table.get("domains"):
-            found[table["scenario"]] = table
+            found[f"{table['scenario']} ({layout_of(table)} layout)"] = table
     if not found:
         return "(no benchmark has run yet)"
     shown = [s for s in samplers if any(s in t["runs"] for t in found.values())]
-    lines = ["| scenario | " + " | ".join(shown) + " | ECOS − random (paper) | domains × seeds |", "|---" * (len(shown) + 3) + "|"]
-    for scenario, table in found.items():
+    lines = ["| scenario (layout) | " + " | ".join(shown) + " | ECOS − random (paper) | 95 % CI | domains × seeds |",
+             "|---" * (len(shown) + 4) + "|"]
+    for label, table in found.items():
         means = domain_means(table["runs"], table["domains"])
         cells = [f"{100 * _mean(means[s].values()):.1f}" if means.get(s) else "—" for s in shown]
-        ours, paper = margins(table["runs"], table["domains"], "random"), PAPER.get(scenario, {})
+        ours, paper = margins(table["runs"], table["domains"], "random"), PAPER.get(table["scenario"], {})
         spread = margin_spread(table["runs"], table["domains"], "random")
         theirs = f"{paper['ecos'] - paper['random']:+.1f}" if paper else "—"
         seeds = len({r["seed"] for r in table["runs"].get("ecos", [])})
-        lines.append(f"| {scenario} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}{spread}'} ({theirs}) | "
-                     f"{len(table['domains'])} × {seeds} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if ours is None else f'{ours:+.1f}{spread}'} ({theirs}) | "
+                     f"{paired_ci(table['runs'], 'random')} | {len(table['domains'])} × {seeds} |")
     return "\n".join(lines)
 
 

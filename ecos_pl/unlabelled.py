@@ -9,6 +9,10 @@ minus the proxy set (its samples are labelled already). A sampler without scores
 (random, kcenter, full, uniform_cluster, oracle_central, local) knows nothing of
 the kind: it gets the whole pool minus its proxy set. Reading the released scores is
 post-processing: it costs no privacy.
+
+That makes the samplers differ in two things, the proxy set and the unlabelled set.
+`scenario.unlabelled_from=pool` takes the second away: every sampler, ECOS included,
+gets the whole pool minus its proxy set, so a comparison measures the proxy set alone.
 """
 
 from __future__ import annotations
@@ -17,12 +21,24 @@ import numpy as np
 
 from ecos_pl.data.base import NONE_LABEL, ECOSData
 from ecos_pl.protocol import Selection
+from ecos_pl.protocol.errors import ECOSInputError
+
+#: `scenario.unlabelled_from`: scores (a sampler that released scores uses its scored clusters, the others the pool)
+#: or pool (the whole pool for every sampler)
+POLICIES = ("scores", "pool")
 
 
-def unlabelled_indices(selection: Selection, n_pool: int) -> tuple[np.ndarray, str]:
+def check_policy(policy) -> str:
+    if policy not in POLICIES:
+        raise ECOSInputError(f"scenario.unlabelled_from must be one of {', '.join(POLICIES)} (scores: ECOS's scored clusters, "
+                             f"the pool for samplers without scores; pool: the whole pool for every sampler), got {policy!r}.")
+    return policy
+
+
+def unlabelled_indices(selection: Selection, n_pool: int, policy: str = "scores") -> tuple[np.ndarray, str]:
     """(sorted pool indices to train on unlabelled, where they came from: "scored_clusters" or "pool")."""
     scores, assignments = selection.diagnostics.get("scores"), selection.diagnostics.get("assignments")
-    if scores is not None and assignments is not None:
+    if check_policy(policy) == "scores" and scores is not None and assignments is not None:
         candidates, origin = np.flatnonzero(np.asarray(scores)[np.asarray(assignments)] > 0), "scored_clusters"
     else:
         candidates, origin = np.arange(n_pool), "pool"

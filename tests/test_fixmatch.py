@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ecos_pl.config_schema import FixMatchSettings
 from ecos_pl.data.base import NONE_LABEL, DomainSplit, ECOSData
 from ecos_pl.protocol import Selection
+from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.scenarios.fixmatch import FixMatchData, FixMatchModule, FixMatchViews, fixmatch_unlabelled_loss
 from ecos_pl.unlabelled import unlabelled_indices, unlabelled_report
 from runs import call_main
@@ -60,6 +61,16 @@ def test_unlabelled_set_is_the_scored_clusters_members_minus_the_proxy_set():
         assert origin == "pool"
         np.testing.assert_array_equal(indices, [1, 3, 4, 6, 7, 8, 9, 10, 11])
     np.testing.assert_array_equal(unlabelled_indices(_selection([]), 4)[0], [0, 1, 2, 3])  # client_data selects nothing
+
+
+def test_unlabelled_from_pool_gives_every_sampler_the_whole_pool():
+    assignments = [0, 1, 2, 3, 0, 1, 2, 3, 0, 2, 2, 1]
+    ecos = _selection([0, 2, 5], [3.0, 0.0, 1.5, 0.0], assignments)
+    indices, origin = unlabelled_indices(ecos, 12, "pool")
+    assert origin == "pool"
+    np.testing.assert_array_equal(indices, [1, 3, 4, 6, 7, 8, 9, 10, 11])  # as random's with the same proxy set
+    with pytest.raises(ECOSInputError, match=r"^scenario.unlabelled_from must be one of scores, pool \(.*got 'all'\.$"):
+        unlabelled_indices(ecos, 12, "all")
 
 
 def _data(n=40, size=8):

@@ -34,11 +34,14 @@ def test_results_and_readme_summary_come_from_the_json(tmp_path):
     text = out.read_text()
     assert out == tmp_path / "RESULTS.md"
     assert "| ecos | 80.0 | 60.0 | **70.0** |" in text and "| random | 70.0 | 55.0 | **62.5** |" in text
-    assert "| random | +7.5 | +2.2 | 2 of 2 |" in text  # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4
+    # ours: mean of (80-70, 60-55); the paper's: 78.6 - 76.4; the bootstrap of two pairs: their mean or one of them
+    assert "| random | +7.5 | +2.2 | 2 of 2 | [+5.0, +10.0] |" in text
     assert f"```bash\n{command}\n```" in text
+    # a table written before layouts existed is the digits layout's, and says so
+    assert "## compression on digits5_lite (Digits layout: the client's domain absent from the pool)\n" in text
     summary = readme.read_text()
     assert summary.startswith("intro\n") and summary.endswith("rest\n") and "old" not in summary
-    assert "| compression | 70.0 | 62.5 | +7.5 (+2.2) | 2 × 1 |" in summary
+    assert "| compression (digits layout) | 70.0 | 62.5 | +7.5 (+2.2) | [+5.0, +10.0] | 2 × 1 |" in summary
 
 
 def test_several_seeds_give_the_spread_of_the_seeds_averages_and_paired_wins(tmp_path):
@@ -60,7 +63,33 @@ def test_several_seeds_give_the_spread_of_the_seeds_averages_and_paired_wins(tmp
     assert "| ecos | 75.0 | 55.0 | **65.0** ± 7.1 |" in text  # seeds' averages 70 and 60
     assert "| random | +3.8 ± 1.8 | +2.2 | 2 of 4 |" in text  # per seed +2.5 and +5.0; ECOS ahead on mnist twice only
     assert "Client validation accuracy (%, mean over domains and seeds): ecos 50.0." in text
-    assert "| compression | 65.0 | 61.3 | +3.8 ± 1.8 (+2.2) | 2 × 2 |" in readme.read_text()
+    assert "| compression (digits layout) | 65.0 | 61.3 | +3.8 ± 1.8 (+2.2) |" in readme.read_text()
+
+
+def test_the_paired_bootstrap_interval_is_seeded_and_covers_the_mean_difference():
+    diffs = [4.0, 6.0, 5.0, 9.0, 1.0]
+    lo, hi = results_md.bootstrap_ci(diffs)
+    assert (lo, hi) == results_md.bootstrap_ci(diffs)  # seeded: the same JSON, the same interval
+    assert 1.0 < lo < 5.0 < hi < 9.0 and hi - lo > 2.0
+    assert results_md.bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0) and results_md.bootstrap_ci([2.0]) is None
+    # paired by seed: a baseline that loses by a constant on every seed has a zero-width interval, however seeds vary
+    rows = {"ecos": [run("ecos", "mnistm", s, 0.5 + s / 10) for s in (1, 2, 3)],
+            "random": [run("random", "mnistm", s, 0.45 + s / 10) for s in (1, 2, 3)]}
+    assert results_md.paired_ci(rows, "random") == "[+5.0, +5.0]"
+
+
+def test_a_domainnet_layout_table_is_named_and_summarised_by_its_layout(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = {"ecos": [run("ecos", "mnistm", s, 0.6) for s in (1, 2)], "random": [run("random", "mnistm", s, 0.5) for s in (1, 2)]}
+    table = {"title": "compression on digits5_lite (DomainNet layout: half of the client's domain in the pool), seeds [1, 2]",
+             "command": "c", "scenario": "compression", "data": "digits5_lite", "layout": "domainnet", "domains": ["mnistm"], "runs": rows}
+    (results / "compare_samplers-compression-digits5_lite_domainnet.json").write_text(json.dumps(table))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{results_md.SUMMARY_START}\n{results_md.SUMMARY_END}\n")
+    text = results_md.write_results(results, readme).read_text()
+    assert text.count("DomainNet layout") == 1 and "Digits layout" not in text
+    assert "| compression (domainnet layout) | 60.0 | 50.0 | +10.0 ± 0.0 (+2.2) | [+10.0, +10.0] | 1 × 2 |" in readme.read_text()
 
 
 def test_budget_curve_runs_every_sampler_at_every_budget_at_equal_steps(tmp_path, isolated_cache):

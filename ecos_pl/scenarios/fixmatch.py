@@ -115,8 +115,10 @@ class FlippedImages(Dataset):
 class FixMatchData:
     """What the data module pairs the proxy set with (`ECOSDataModule.unlabelled`): the unlabelled pool samples."""
 
-    def __init__(self, settings: FixMatchSettings):
-        self.settings = settings
+    def __init__(self, settings: FixMatchSettings, unlabelled_from: str = "scores"):
+        from ecos_pl.unlabelled import check_policy
+
+        self.settings, self.unlabelled_from = settings, check_policy(unlabelled_from)
         self.report: dict = {}
 
     def train_loader(self, datamodule, split: DomainSplit, targets: np.ndarray | None):
@@ -133,7 +135,7 @@ class FixMatchData:
         from ecos_pl.unlabelled import unlabelled_indices, unlabelled_report
 
         data, s = datamodule.data, self.settings
-        indices, origin = unlabelled_indices(datamodule.selection, len(data.pool))
+        indices, origin = unlabelled_indices(datamodule.selection, len(data.pool), self.unlabelled_from)
         self.report = {"ssl": "fixmatch", **unlabelled_report(indices, origin, data),
                        "fixmatch": {k: getattr(s, k) for k in FixMatchSettings.__dataclass_fields__}}
         if not len(indices):

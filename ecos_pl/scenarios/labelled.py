@@ -31,7 +31,7 @@ class Labelled(Scenario):
         from ecos_pl.scenarios.fixmatch import FixMatchData
 
         settings = fixmatch_settings(cfg)
-        return None if settings is None else FixMatchData(settings)
+        return None if settings is None else FixMatchData(settings, cfg.scenario.get("unlabelled_from", "scores"))
 
     def module(self, cfg, datamodule, teacher):
         kwargs = dict(
