@@ -12,7 +12,7 @@ from runs import train
 def test_a_run_without_a_terminal_logs_every_stage_and_every_epoch(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         run = train(tmp_path, "scenario.epochs=2", "scenario.teacher.epochs=2", "callbacks.progress_bar.every_s=0.001",
-                    "save_outputs=false")
+                    "save_outputs=false", "seed=11", "datamodule.pipeline.reuse_selection=false")
     lines = [r.getMessage() for r in caplog.records if r.name in ("ecos_pl.progress", "ecos_pl.pipeline")]
     text = "\n".join(lines)
     # the pipeline's stages, each started and finished

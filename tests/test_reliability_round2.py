@@ -56,7 +56,7 @@ def palette_bomb(path: Path, side: int = 13375) -> Path:
 
 
 PEAK_SCRIPT = textwrap.dedent("""
-    import resource, sys, warnings
+    import sys, warnings
     from pathlib import Path
     from ecos_pl.cli import client
     from ecos_pl.cli.common import read_images
@@ -65,7 +65,8 @@ PEAK_SCRIPT = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images, kept = read_images(root, sorted(p.name for p in root.iterdir()), 32, "--images", args)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # VmHWM: this process's own peak (ru_maxrss would carry over the forking pytest's RSS across exec)
+    print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) // 1024)
     print(len(images), *kept)
     for w in caught:
         print(w.message)
@@ -346,6 +347,7 @@ def test_a_signal_during_training_exits_non_zero_and_says_where(tmp_path, signum
     cmd = [sys.executable, "-c", SLOW_TEACHER, "debug=smoke", "data=digits_lite", "logger=none", "callbacks=none",
            f"results_file={results}", f"hydra.run.dir={tmp_path / 'run'}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["ECOS_CACHE"] = str(tmp_path / "cache")  # no teacher cached by an earlier test: the signal lands in its fit
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
