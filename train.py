@@ -17,7 +17,9 @@ import ecos_pl.conf_store  # noqa: F401 - registers the protocol settings nodes 
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    """One job; returns the client's *validation* accuracy (None with data.val_fraction=0): what a Hydra sweeper
+    (hydra/sweeper=optuna) maximises, so no setting is ever chosen on the test split."""
     from ecos_pl.console import quiet_third_party
 
     quiet_third_party()
@@ -26,21 +28,26 @@ def main(cfg: DictConfig) -> float:
     from ecos_pl.config_schema import config_errors, validate_config
 
     with exit_on_bad_input("train.py", config_errors()):
-        validate_config(cfg)  # before the heavy imports below: a typo costs a second, not a teacher's training
+        from hydra.core.hydra_config import HydraConfig
+
+        # before the heavy imports below: a typo costs a second, not a teacher's training; `+key=value` keys too
+        validate_config(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else ())
         from pytorch_lightning.utilities import rank_zero_only
         from rich.console import Console
 
         from ecos_pl.atomic import write_json_atomic
         from ecos_pl.experiment import results_table, run_experiment
+        from ecos_pl.interrupt import stop_on_signals
 
-        results = run_experiment(cfg)
+        with stop_on_signals("train.py"):  # SIGTERM/SIGINT: exit 143/130 and one line saying where, never 0
+            results = run_experiment(cfg)
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports
-        return results["client_test_acc"]
+        return results["client_val_acc"]
     Console().print(results_table(results))
     if cfg.get("results_file"):
         path = write_json_atomic(results, cfg.results_file)
         print(f"results written to {path}")
-    return results["client_test_acc"]
+    return results["client_val_acc"]
 
 
 if __name__ == "__main__":

@@ -243,9 +243,14 @@ def summary_table(results_dir: Path) -> str:
 
 
 def write_readme_summary(results_dir: Path, readme: Path) -> None:
+    write_readme_block(readme, SUMMARY_START, SUMMARY_END, summary_table(results_dir))
+
+
+def write_readme_block(readme: Path, start: str, end: str, block: str) -> None:
+    """Replace what lies between the marker lines `start` and `end` of `readme` (nothing when they are missing)."""
     text = readme.read_text()
-    if SUMMARY_START not in text or SUMMARY_END not in text:
+    if start not in text or end not in text:
         return
-    head, rest = text.split(SUMMARY_START, 1)
-    _, tail = rest.split(SUMMARY_END, 1)
-    write_text_atomic(readme, f"{head}{SUMMARY_START}\n{summary_table(results_dir)}\n{SUMMARY_END}{tail}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_text_atomic(readme, f"{head}{start}\n{block}\n{end}{tail}")

@@ -12,6 +12,7 @@ leaves behind is recognised and removed by the next writer in that folder
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -117,15 +118,34 @@ def move_aside(path: str | os.PathLike, reason: str, *, expected: os.stat_result
     return aside
 
 
+def _named(err: OSError, path: Path) -> OSError:
+    """`err` with `path` as its file when it names none (a full disk's write: "No space left on device")."""
+    if err.filename is None:
+        return OSError(err.errno, err.strerror or str(err), str(path))
+    return err
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Within: an OSError that names no file (a full disk) names `path` (the file as the user will know it)."""
+    try:
+        yield
+    except OSError as err:
+        raise _named(err, Path(path)) from err
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True) -> Path:
-    """Write through `write(file)` to a temporary name beside `path`, then rename it into place."""
+    """Write through `write(file)` to a temporary name beside `path`, then rename it into place (an OSError names `path`)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_dead_temporaries(path.parent)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "wb" if binary else "w") as f:
-            write(f)
+        try:
+            with open(tmp, "wb" if binary else "w") as f:
+                write(f)
+        except OSError as err:
+            raise _named(err, path) from err
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results and messages are meant to be shared
         os.replace(tmp, path)
     finally:
@@ -148,7 +168,10 @@ def replace_dir(build: Callable[[Path], None], target: str | os.PathLike) -> Pat
     old = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; caches and outputs are meant to be shared
-        build(tmp)
+        try:
+            build(tmp)
+        except OSError as err:  # a full disk: name the folder being written, not the temporary
+            raise _named(err, target) from err
         if os.path.lexists(target):
             os.replace(target, old)
         os.replace(tmp, target)
@@ -158,6 +181,42 @@ def replace_dir(build: Callable[[Path], None], target: str | os.PathLike) -> Pat
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def replace_entries(build: Callable[[Path], None], folder: str | os.PathLike) -> list[Path]:
+    """Several files (and folders) written into `folder` as one: all or none.
+
+    `build(tmp)` writes every entry into a temporary folder inside `folder`; only when it has
+    returned is each entry renamed into place (a folder swapped as `replace_dir` swaps it). A
+    build that fails (a full disk) leaves `folder` as it was, and the error names `folder`;
+    renames need no space. Entries of `folder` that `build` does not write are left alone.
+    """
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_dead_temporaries(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".entries.{owner_tag()}-", suffix=".tmp"))
+    placed: list[Path] = []
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            build(tmp)
+        except OSError as err:
+            raise _named(err, folder) from err
+        for entry in sorted(tmp.iterdir()):
+            target = folder / entry.name
+            if entry.is_dir() and not entry.is_symlink():
+                old = Path(tempfile.mkdtemp(dir=folder, prefix=f".{target.name}.{owner_tag()}-", suffix=".old.tmp"))
+                os.rmdir(old)
+                if os.path.lexists(target):
+                    os.replace(target, old)
+                os.replace(entry, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, target)
+            placed.append(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return placed
 
 
 def _umask() -> int:

@@ -19,6 +19,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def train_config(*overrides: str, hydra_node: bool = False) -> DictConfig:
     """conf/train.yaml composed with `overrides`, as `train.py` composes it (with Hydra's own node if asked)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside train.py's own Hydra app: its config dir is this one
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_node)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_node)
 

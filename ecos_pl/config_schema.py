@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +24,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, Vali
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy, check_number
 
+#: seeds Lightning's seed_everything takes: 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
 #: a schema field's type -> what a user reads
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
@@ -60,7 +63,7 @@ class RunSettings:
     results_file: Optional[str] = None
 
     def __post_init__(self):
-        _whole("seed", self.seed, 0)
+        check_count(self.seed, "seed", low=0, high=MAX_SEED, high_name="the largest seed Lightning takes")
         _whole("budget", self.budget, 1)
         _whole("n_centroids", self.n_centroids, 1)
         _whole("clients", self.clients, 1)
@@ -178,8 +181,10 @@ class DataSettings:
     test_fraction: float = 0.2
     max_per_domain: Optional[int] = None
     val_fraction: float = 0.2
+    max_image_pixels: int = 40_000_000
 
     def __post_init__(self):
+        _whole("data.max_image_pixels", self.max_image_pixels, 1)
         _number("data.val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _whole("data.image_size", self.image_size, 8)
         if self.image_size > 512:
@@ -232,8 +237,12 @@ def _sentence(err: ValidationError, prefix: str) -> str:
     return f"{key} must be {_TYPE_WORDS.get(wanted, 'of another type')}, got {err.value!r}."
 
 
-def validate_config(cfg: DictConfig) -> dict[str, Any]:
-    """Every section typed and range-checked; {section: dataclass instance}. Raises `ECOSInputError`."""
+def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Every section typed and range-checked; {section: dataclass instance}. Raises `ECOSInputError`.
+
+    `overrides`: the command line's (train.py passes Hydra's); a `+key=value` among them must name a setting.
+    """
+    check_additions(overrides)
     checked = {}
     for prefix, schema in SECTIONS:
         values = _read(cfg, prefix, schema)
@@ -273,3 +282,73 @@ def check_against_data(cfg: DictConfig, n_pool: int, *, uses_budget: bool, uses_
 def config_errors() -> tuple[type[BaseException], ...]:
     """What a bad config raises: ours, and OmegaConf's (an interpolation that does not resolve, a key not in struct)."""
     return (ECOSInputError, OmegaConfBaseException)
+
+
+# --------------------------------------------------------------------------- keys added on the command line
+
+#: nodes whose `_target_` is called with every key of the node: a key added there must be one of its parameters
+#: (the scenario is not: `build_module` reads the keys it knows, so a key added to it would be ignored)
+_CALLED_WHOLE = ("trainer", "datamodule", "datamodule.pipeline", "sampler", "phi", "data.source", "logger", "callbacks.")
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none() and not child._is_interpolation():
+            keys += _all_keys(child, f"{full}.")
+    return keys
+
+
+def _target_parameters(node) -> list[str] | None:
+    """The keyword parameters of `node`'s `_target_` (None: it takes **kwargs, or cannot be told)."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    try:
+        params = inspect.signature(_locate(str(node.get("_target_")))).parameters
+    except Exception:  # noqa: BLE001 - a target that does not import is instantiate's error, later
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
+def check_additions(overrides: Sequence[str]) -> None:
+    """A key added on the command line (`+key=value`, `++key=value`) must be a setting of the run, or a parameter of the
+    object its node builds (`+trainer.limit_val_batches=2`): anything else would be ignored without a word. One sentence
+    names the key and the nearest known one (difflib)."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ecos_pl.compose import CONF, train_config
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and o.package is None
+             and not (CONF / o.key_or_group.replace(".", "/")).is_dir() and o.key_or_group not in ("hydra",)
+             and not o.key_or_group.startswith("hydra.")]
+    if not added:
+        return
+    keep = [o.input_line for o in parsed if o not in added]
+    base = train_config(*keep)  # the run's settings without the additions: the schema they are checked against
+    known = _all_keys(base)
+    for o in added:
+        key = o.key_or_group
+        if key in known:  # ++key=value of an existing key: an ordinary override
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        called_whole = parent and (parent in _CALLED_WHOLE or any(parent.startswith(p) for p in _CALLED_WHOLE if p.endswith(".")))
+        params = _target_parameters(node) if called_whole else None
+        if called_whole and isinstance(node, DictConfig) and "_target_" in node and (params is None or leaf in params):
+            continue
+        siblings = [k for k in known if k.startswith(f"{parent}.")] + [f"{parent}.{p}" for p in params or ()] if parent else known
+        close = difflib.get_close_matches(key, siblings, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "."
+        raise ECOSInputError(f"{o.input_line.split('=', 1)[0]} is not a setting of this run, so its value would be ignored{hint}")

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from ecos_pl.config_schema import check_against_data, validate_config
+from ecos_pl.cpu_kernels import pin_cpu_kernels
+from ecos_pl.interrupt import stage
 from ecos_pl.scenarios import build_module
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ def make_trainer_factory(cfg: DictConfig):
     """Trainers for auxiliary fits (the simulated teacher): same hardware settings, no logger, no checkpoints."""
 
     def make_trainer(label: str = "", **overrides) -> pl.Trainer:
+        stage(f"training {label or 'an auxiliary model'}")
         # single device: under DDP rank zero trains the teacher before the other ranks start, and they find it cached
         bars = [c for c in _instantiate_group(cfg.get("callbacks")) if isinstance(c, pl.callbacks.ProgressBar)]
         _label_bars(bars, label)
@@ -46,11 +49,9 @@ def make_trainer_factory(cfg: DictConfig):
 
 
 def _label_bars(callbacks: list, label: str, predict_label: str | None = None) -> None:
-    """Name the fit on the progress bar (`callbacks.LabelledProgressBar`): teacher, student, φ extraction."""
-    from callbacks import LabelledProgressBar
-
+    """Name the fit on the progress bar (`callbacks.progress_bar`, rich or plain): teacher, student, φ extraction."""
     for c in callbacks:
-        if isinstance(c, LabelledProgressBar):
+        if isinstance(c, pl.callbacks.ProgressBar) and hasattr(c, "predict_label"):
             c.label = label
             if predict_label:
                 c.predict_label = predict_label
@@ -98,10 +99,12 @@ def evaluate_student(cfg: DictConfig) -> dict:
     from ecos_pl.scenarios.teacher import load_classifier
 
     validate_config(cfg)
+    check_backbones(cfg)
     if not cfg.get("ckpt_path"):
         raise ECOSInputError("ckpt_path must name a student file, e.g. ckpt_path=outputs/<run>/student.safetensors.")
     datamodule = hydra.utils.instantiate(cfg.datamodule)
-    data = datamodule.load_data()
+    with _pixel_limit(cfg):
+        data = datamodule.load_data()
     model = load_classifier(cfg.ckpt_path, cfg.backbone.student, data.num_classes, cfg.backbone.get("input_size"), param="ckpt_path")
     accuracy = evaluate_accuracy(model, datamodule.test_dataloader(), data.num_classes)
     return {"data": cfg.data.name, "seed": int(cfg.seed), "student": str(cfg.ckpt_path), "n_client_test": len(data.client_test),
@@ -162,14 +165,61 @@ def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
 def run_experiment(cfg: DictConfig) -> dict:
     """One job: its W&B run is finished when it ends, so each job of a sweep (`-m seed=1,2`) logs into its own."""
     try:
-        return _run(cfg)
+        with _pixel_limit(cfg):
+            return _run(cfg)
     finally:
         close_loggers()
 
 
+def _pixel_limit(cfg: DictConfig):
+    """`data.max_image_pixels` for every image file this run decodes (`ecos_pl.data.images.pixel_limit`)."""
+    from ecos_pl.data.images import MAX_IMAGE_PIXELS, pixel_limit
+
+    return pixel_limit(OmegaConf.select(cfg, "data.max_image_pixels", default=MAX_IMAGE_PIXELS), "data.max_image_pixels")
+
+
+def check_backbones(cfg: DictConfig) -> None:
+    """`backbone.teacher` and `backbone.student` name timm models (a tag, `resnet18.a1_in1k`, is allowed)."""
+    import difflib
+
+    import timm
+
+    from ecos_pl.protocol.errors import ECOSInputError
+
+    for key in ("backbone.teacher", "backbone.student"):
+        name = OmegaConf.select(cfg, key)
+        if name is None or (isinstance(name, str) and timm.is_model(name)):
+            continue
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ECOSInputError(f"{key}={name!r} is not a timm model name{hint}; any name of timm.list_models() works.")
+
+
+def probe_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The configured trainer, built once before any data: an accelerator this machine lacks, a device count it
+    cannot give, a strategy or precision Lightning does not know, are one sentence naming the trainer's keys."""
+    from ecos_pl.bad_input import one_line
+    from ecos_pl.protocol.errors import ECOSInputError
+
+    try:
+        return hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                                       default_root_dir=None)  # a probe writes nothing (and needs no Hydra app to resolve it)
+    except Exception as err:  # noqa: BLE001 - Lightning says what is wrong (MisconfigurationException, ValueError, ImportError)
+        cause = err
+        while cause.__cause__ is not None:  # hydra's instantiate wraps the constructor's error
+            cause = cause.__cause__
+        keys = ", ".join(f"trainer.{k}={OmegaConf.select(cfg, f'trainer.{k}')}" for k in ("accelerator", "devices", "strategy", "precision")
+                         if OmegaConf.select(cfg, f"trainer.{k}") is not None)
+        raise ECOSInputError(f"the trainer cannot run here ({keys}): {one_line(cause).rstrip('.')}.") from None
+
+
 def _run(cfg: DictConfig) -> dict:
     validate_config(cfg)  # types and ranges, before anything is built
+    pin_cpu_kernels(cfg.get("cpu_kernels", "native"))  # before torch's first CPU operation in a fresh process
+    check_backbones(cfg)
+    world_size = probe_trainer(cfg).world_size  # the hardware, before any data are built
     pl.seed_everything(cfg.seed, workers=True)
+    stage("loading the data")
     datamodule = hydra.utils.instantiate(cfg.datamodule)
     datamodule.prepare_data()
     data = datamodule.load_data()  # the protocol itself runs in setup(), inside fit, once the ranks exist
@@ -177,25 +227,30 @@ def _run(cfg: DictConfig) -> dict:
     check_against_data(cfg, len(data.pool), uses_budget=sampler.uses_budget, uses_centroids=hasattr(sampler, "n_centroids"))
     datamodule.pipeline.check_privacy_budget()  # before the teacher trains and before the client releases anything
     make_trainer = make_trainer_factory(cfg)
+    stage("building the scenario")
     module, extra = build_module(cfg, datamodule, make_trainer)
 
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _trainer_callbacks(cfg, loggers)
     _label_bars(callbacks, f"{cfg.scenario.name}: {cfg.backbone.student}", f"φ of {len(data.pool):,} pool images")
     # equal compute for every sampler, whatever the size of its training set: a step budget instead of epochs
-    steps = training_steps(cfg, _world_size(cfg))
+    steps = training_steps(cfg, world_size)
     limits = {} if steps is None else {"max_steps": steps, "max_epochs": -1}
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **limits)
     # the pool's φ features, extracted on every device of this trainer (DDP: the processes start here, once)
     # and cached on disk; setup(), inside fit, opens them. Nothing runs when they are cached or not needed.
+    stage("extracting the pool's features")
     datamodule.predict_pool_features(trainer)
     pl.seed_everything(cfg.seed, workers=True)
+    stage(f"training the student ({cfg.scenario.name}; the protocol runs at its start)")
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))  # ckpt_path: resume a fit
     train_seconds = time.perf_counter() - start
     # the validation split (what benchmarks choose settings by), then the client's test split, once
+    stage("testing the student")
     validated = trainer.validate(module, datamodule=datamodule, verbose=False) if data.client_val is not None else None
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
+    stage("writing the student and the proxy set")
     extra["outputs"] = _write_outputs(cfg, trainer, datamodule, module, data)
 
     report = datamodule.report
@@ -223,13 +278,6 @@ def _run(cfg: DictConfig) -> dict:
         logger.log_metrics({f"result/{k}": v for k, v in _flat_numbers(results).items()})
         logger.save()  # trainer.test has finalized them: CSVLogger writes its file only on save()
     return results
-
-
-def _world_size(cfg: DictConfig) -> int:
-    """The processes the configured trainer runs (a trainer built only to ask, before the real one gets its step budget)."""
-    probe = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
-                                    enable_progress_bar=False)
-    return probe.world_size
 
 
 def _finite_or_none(v):

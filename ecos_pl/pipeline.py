@@ -27,6 +27,7 @@ import numpy as np
 from ecos_pl.atomic import clean_dead_temporaries, move_aside
 from ecos_pl.data.base import DomainSplit, ECOSData
 from ecos_pl.data.splits import check_val_fraction, with_validation
+from ecos_pl.progress import logged_stage
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.exchange import InProcessExchange
@@ -130,7 +131,8 @@ class ProtocolPipeline:
     def fitted_phi(self):
         """φ fitted on the pool (the cloud's public data), once; deterministic, so every rank fits the same φ."""
         if not self._phi_fitted:
-            self.phi.fit(self.data.pool.images)
+            with logged_stage(log, f"fitting φ ({type(self.phi).__name__}) on {len(self.data.pool):,} pool images"):
+                self.phi.fit(self.data.pool.images)
             self._phi_fitted = True
         return self.phi
 
@@ -247,13 +249,17 @@ class ProtocolPipeline:
 
     def _run_protocol(self) -> tuple[Selection, dict]:
         t0 = time.perf_counter()
-        pool_features = self.pool_features
+        with logged_stage(log, f"φ features of the {len(self.data.pool):,} pool images"):
+            pool_features = self.pool_features
         t1 = time.perf_counter()
         # the client computes φ of its data once, before it answers (timed apart from the round)
-        exchange = InProcessExchange(self.clients()) if self.sampler.asks_clients else None
+        with logged_stage(log, "the client's φ features"):
+            exchange = InProcessExchange(self.clients()) if self.sampler.asks_clients else None
         t2 = time.perf_counter()
         budget = self.budget if self.sampler.uses_budget else None
-        selection = self.sampler.sample(pool_features, exchange, budget, self.seed)
+        with logged_stage(log, f"{type(self.sampler).__name__}: choosing the proxy set (k-means, the client's scores, "
+                               "the allocation)"):
+            selection = self.sampler.sample(pool_features, exchange, budget, self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
     def proxy(self, selection: Selection) -> DomainSplit:

@@ -4,6 +4,7 @@ answers and with SecAgg+ (exact sums, masked vectors only); wrong, late or missi
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from ecos_pl.protocol.settings import Allocation, Clustering, ScorePrivacy  # no
 #: the lightest Ray settings: one CPU for the whole simulation, no dashboard, one actor at a time
 BACKEND = {"init_args": {"num_cpus": 1, "include_dashboard": False, "log_to_driver": False},
            "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+#: seconds one simulation may take here before `simulate` stops it (each takes 10-30 s on 2 cores)
+SIMULATION_TIMEOUT = 150.0
 
 
 def _pipeline(tmp_path, clients, epsilon, client_cap=2.0):
@@ -37,16 +40,14 @@ def _pipeline(tmp_path, clients, epsilon, client_cap=2.0):
 
 
 def test_flower_simulation_selects_the_in_process_proxy_set(tmp_path, monkeypatch):
-    from flwr.simulation import run_simulation
-
-    from ecos_pl.flower import simulation_apps
+    from ecos_pl.flower import simulate, simulation_apps
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     pipeline = _pipeline(tmp_path, 3, epsilon=4.0)  # noisy scores: each client's seed must match too
     selection, report = pipeline.select()
     server, client = simulation_apps(pipeline, tmp_path / "flower")
-    run_simulation(server_app=server, client_app=client, num_supernodes=3, backend_config=BACKEND)
+    simulate(server, client, 3, BACKEND, timeout=SIMULATION_TIMEOUT)
     summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
     assert summary["proxy_set_sha1"] == report.proxy_set_sha1
     np.testing.assert_array_equal(np.load(tmp_path / "flower" / "proxy_set.npz")["indices"], selection.indices)
@@ -141,31 +142,40 @@ def test_flower_exchange_drops_late_answers_and_passes_its_timeout(caplog, fake_
 # ---------------------------------------------------------------------- SecAgg+
 
 
-def _recording_exchange(monkeypatch):
-    """Every reply the cloud's SecAgg+ exchange receives, kept (the grid it talks through is wrapped)."""
-    from ecos_pl.flower import apps
-    from ecos_pl.flower.secagg import SecAggExchange
+class _RecordingGrid:
+    """The cloud's grid, every reply it receives kept (what a curious cloud could look at)."""
 
-    replies = []
+    def __init__(self, grid):
+        self._grid, self.replies = grid, []
 
-    class Recording:
-        def __init__(self, grid):
-            self._grid = grid
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
 
-        def __getattr__(self, name):
-            return getattr(self._grid, name)
+    def send_and_receive(self, messages, *, timeout=None):
+        got = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.replies.extend(got)
+        return got
 
-        def send_and_receive(self, messages, *, timeout=None):
-            got = list(self._grid.send_and_receive(messages, timeout=timeout))
-            replies.extend(got)
-            return got
 
-    class RecordingExchange(SecAggExchange):
-        def __init__(self, grid, *args, **kwargs):
-            super().__init__(Recording(grid), *args, **kwargs)
+def _recording_server(pipeline, out, record_to, **settings):
+    """`simulation_apps`' ServerApp, every array of every reply the cloud receives saved to `record_to` (npz): the
+    simulation runs in a process of its own, so what the cloud saw comes back as a file."""
+    from flwr.serverapp import ServerApp
 
-    monkeypatch.setattr(apps, "SecAggExchange", RecordingExchange)
-    return replies
+    from ecos_pl.flower.apps import serve
+
+    app, features, n = ServerApp(), pipeline.pool_features, pipeline.n_clients
+
+    @app.main()
+    def main(grid, context):
+        recording = _RecordingGrid(grid)
+        try:
+            serve(recording, context, features, pipeline.sampler, pipeline.budget, pipeline.seed, out, n_clients=n,
+                  **settings)
+        finally:
+            np.savez(record_to, *[a for r in recording.replies for a in _arrays_in(r)])
+
+    return app
 
 
 def _arrays_in(reply) -> list[np.ndarray]:
@@ -192,9 +202,7 @@ def _device_counts(pipeline, clip):
 
 def test_flower_secagg_sums_exact_counts_to_the_in_process_proxy_set_and_sees_only_masked_vectors(tmp_path, monkeypatch,
                                                                                                caplog):
-    from flwr.simulation import run_simulation
-
-    from ecos_pl.flower import simulation_apps
+    from ecos_pl.flower import simulate, simulation_apps
 
     pipeline = _pipeline(tmp_path, 3, epsilon=None, client_cap=None)
     selection, report = pipeline.select()
@@ -202,16 +210,17 @@ def test_flower_secagg_sums_exact_counts_to_the_in_process_proxy_set_and_sees_on
     assert _pipeline(tmp_path, 3, epsilon=None).select()[1].proxy_set_sha1 == report.proxy_set_sha1
     clip = 1024
     _, counts = _device_counts(pipeline, clip)
-    replies = _recording_exchange(monkeypatch)
-    server, client = simulation_apps(pipeline, tmp_path / "flower", secagg={"clip": clip})
+    _, client = simulation_apps(pipeline, tmp_path / "flower")
+    server = _recording_server(pipeline, tmp_path / "flower", tmp_path / "seen.npz", secagg={"clip": clip})
     with caplog.at_level(logging.INFO):
-        run_simulation(server_app=server, client_app=client, num_supernodes=3, backend_config=BACKEND)
+        simulate(server, client, 3, BACKEND, timeout=SIMULATION_TIMEOUT)
     summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
     assert summary["proxy_set_sha1"] == report.proxy_set_sha1 and summary["n_clients"] == 3 and summary["secagg"]
     assert summary["client_epsilons"] == {"0": None, "1": None, "2": None}
     assert "the cloud received only masked vectors from 3 of 3 clients" in caplog.text
     # what reached the cloud: no array of any reply is a client's vector, plain or as SecAgg+ quantises it (x + clip)
-    arrays = [a for r in replies for a in _arrays_in(r)]
+    with np.load(tmp_path / "seen.npz") as seen:
+        arrays = [seen[k] for k in seen.files]
     masked = [a for a in arrays if a.size == 12]
     assert len(masked) == 3  # one masked vector per client (besides its one-entry weight)
     for mine in counts:
@@ -219,9 +228,7 @@ def test_flower_secagg_sums_exact_counts_to_the_in_process_proxy_set_and_sees_on
 
 
 def test_flower_secagg_noisy_round_is_exact_and_deterministic_and_survives_a_dropped_client(tmp_path, monkeypatch):
-    from flwr.simulation import run_simulation
-
-    from ecos_pl.flower import client_app, server_app
+    from ecos_pl.flower import client_app, server_app, simulate
 
     pipeline = _pipeline(tmp_path, 3, epsilon=4.0, client_cap=None)
     clip = 1024
@@ -238,10 +245,137 @@ def test_flower_secagg_noisy_round_is_exact_and_deterministic_and_survives_a_dro
                        n_clients=3, min_answers=2, secagg={"clip": clip}),
             client_app(lambda context: clients[int(context.node_config["partition-id"])]
                        if int(context.node_config["partition-id"]) < 2 else Gone()))
-    run_simulation(server_app=apps[0], client_app=apps[1], num_supernodes=3, backend_config=BACKEND)
+    simulate(*apps, 3, BACKEND, timeout=SIMULATION_TIMEOUT)
     summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
     np.testing.assert_array_equal(np.load(tmp_path / "flower" / "proxy_set.npz")["indices"], expected)
     assert summary["n_clients"] == 2 and summary["client_epsilons"] == {"0": 4.0, "1": 4.0}
+
+
+def test_secagg_round_with_a_silent_node_ends_within_its_timeout_naming_the_stage_and_the_node(tmp_path):
+    from ecos_pl.flower import client_app, server_app, simulate
+
+    pipeline = _pipeline(tmp_path, 3, epsilon=None, client_cap=None)
+    clients, stage_timeout, silence = pipeline.clients(), 10.0, 300.0
+
+    class Silent:  # client 2 never answers within the round: busy far past the stage's timeout
+        def handle(self, message):
+            time.sleep(silence)
+
+    apps = (server_app(pipeline.pool_features, pipeline.sampler, pipeline.budget, pipeline.seed, tmp_path / "flower",
+                       n_clients=3, min_answers=3, timeout=stage_timeout, secagg={"clip": 1024}),
+            client_app(lambda context: clients[int(context.node_config["partition-id"])]
+                       if int(context.node_config["partition-id"]) < 2 else Silent()))
+    three_actors = {**BACKEND, "init_args": {**BACKEND["init_args"], "num_cpus": 3}}  # the silent one blocks only itself
+    start = time.monotonic()
+    with pytest.raises(ECOSInputError, match=r"SecAgg\+ summed the scores of 2 of 3 clients, fewer than min_answers=3 "
+                                             r"\(stage collect_masked_vectors: node \d+ gave no answer within 10 s\)"):
+        simulate(*apps, 3, three_actors, timeout=SIMULATION_TIMEOUT)
+    assert time.monotonic() - start < silence / 3  # the round ended on its timeout, not when the silent node woke
+    assert not (tmp_path / "flower" / "proxy_set.json").exists()
+
+
+def _sleeping_apps():
+    """A ServerApp that never ends (a wait with no timeout) and a ClientApp never asked."""
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context):
+        time.sleep(3600)
+
+    return server, ClientApp()
+
+
+def _processes_in_group(pgid: int, wait: float = 10.0) -> list[int]:
+    """The live (not zombie) processes of a process group, once it is empty or after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        live = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid and _state(int(p)) != "Z"]
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.5)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_simulate_stops_a_simulation_past_its_timeout_with_its_ray_processes(monkeypatch):
+    import multiprocessing
+
+    from ecos_pl.flower import SimulationError, simulate
+
+    started = []
+    real_start = multiprocessing.get_context("spawn").Process.start
+
+    def start(self):
+        real_start(self)
+        started.append(self.pid)
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn").Process, "start", start)
+    begin = time.monotonic()
+    with pytest.raises(SimulationError, match=r"did not finish within its timeout of 12 s and was stopped"):
+        simulate(*_sleeping_apps(), 1, BACKEND, timeout=12)
+    assert time.monotonic() - begin < 12 + 20
+    (pid,) = started
+    assert _processes_in_group(pid) == []  # the child led its group (Ray's processes too): nothing of it is left
+    with pytest.raises(ECOSInputError, match=r"timeout must be a finite number of seconds > 0, got inf"):
+        simulate(*_sleeping_apps(), 1, BACKEND, timeout=float("inf"))
+
+
+def test_sigterm_during_a_simulation_ends_the_process_and_its_ray_processes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_flower import BACKEND, _sleeping_apps\n"
+        "from ecos_pl.flower import simulate\n"
+        "simulate(*_sleeping_apps(), 1, BACKEND, timeout=300)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, os.path.dirname(__file__)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, leaders = time.monotonic() + 90, []
+    while time.monotonic() < deadline and not leaders:
+        time.sleep(0.5)  # until the simulation's process runs in a group of its own
+        leaders = [p for p in _children_of(proc.pid) if _pgid(p) == p]
+    assert leaders, "the simulation's process never started"
+    time.sleep(3)  # Ray and Flower running
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 128 + signal.SIGTERM, proc.stderr.read()[-2000:]
+    assert _processes_in_group(leaders[0]) == []  # the simulation and Ray's processes in its group are gone
+
+
+def _children_of(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == pid]
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_secagg_refuses_a_client_cap_and_too_few_clients(fake_run):

@@ -21,7 +21,8 @@ from ecos_pl.cli.common import (
     program_parser,
     finish_command,
     add_command,
-    decode_images,
+    add_max_pixels,
+    read_images,
     existing_dir,
     existing_file,
     fraction,
@@ -32,6 +33,7 @@ from ecos_pl.cli.common import (
     positive_int,
     read_features,
     read_message,
+    refuse_overwrite,
     run_program,
     say,
     scores_privacy_line,
@@ -59,6 +61,15 @@ PHI_FILE = "phi.safetensors"
 LABEL_PHI_FILE = "label_phi.safetensors"
 #: the defaults are train.py's: one settings object per protocol part (`ecos_pl.protocol.settings`)
 LABELLING, SCORE_PRIVACY = Labelling(), ScorePrivacy()
+
+
+def _refuse_overwrite(args, message_flag: str, *others: str) -> None:
+    """--out is none of the files this command reads (the message, φ given or next to it, features, `others`' flags)."""
+    message = getattr(args, message_flag.lstrip("-").replace("-", "_"))
+    folder = Path(message).expanduser().parent
+    phis = [("--phi", args.phi)] if args.phi is not None else [("--phi", folder / n) for n in (PHI_FILE, LABEL_PHI_FILE)]
+    inputs = [(message_flag, message), *phis, ("--features", args.features)]
+    refuse_overwrite([("--out", args.out)], inputs + [(flag, getattr(args, flag.lstrip("-").replace("-", "_"))) for flag in others])
 
 
 def _client_phi(args, message, message_flag: str, default_names: tuple[str, ...] = (PHI_FILE,)):
@@ -109,7 +120,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
         paths = [p for p in paths if "/" in p]
         if not paths:
             raise ECOSInputError(f"--images {root} has no class folders with images (<class>/<image>); label needs labelled images.")
-    images, paths = decode_images(root, paths, image_size, "--images")
+    images, paths = read_images(root, paths, image_size, "--images", args)
     say(f"φ: {type(phi).__name__} on {len(images):,} own images under {root}")
     x = unit_rows(phi.transform(images), f"--images {root} features", dim=message.dim)
     if not labelled:
@@ -124,6 +135,7 @@ def _client_features(args, message, message_flag: str, *, labelled: bool = False
 
 
 def cmd_score(args) -> int:
+    _refuse_overwrite(args, "--centroids")
     message, _ = read_message(args.centroids, CentroidsMessage, "--centroids", check_centroids)
     features, _, _, _ = _client_features(args, message, "--centroids")
     client = ECOSClient(features, epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, seed=args.seed,
@@ -155,6 +167,7 @@ def cmd_label(args) -> int:
     from ecos_pl.protocol.label import PseudoLabeller, label_epsilon
     from ecos_pl.protocol.privacy import ScoreMechanism, check_budget
 
+    _refuse_overwrite(args, "--proxy-features", "--labels", "--scores")
     message, _ = read_message(args.proxy_features, ProxyFeaturesMessage, "--proxy-features", _unit_proxy_features)
     if args.features is not None and args.labels is None:
         raise ECOSInputError("--features needs --labels (one class index per row) to label the proxy set.")
@@ -225,6 +238,7 @@ def _add_own_data(p, *, labelled: bool) -> None:
     src.add_argument("--features", metavar="CLIENT.npy", help="your φ features, float [N, d], computed with the cloud's φ")
     p.add_argument("--phi", metavar="FILE", help=f"φ file from the cloud (default: next to the message file, {LABEL_PHI_FILE + ' or ' if labelled else ''}{PHI_FILE})")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="must equal the φ file's (default: the φ file's)")
+    add_max_pixels(p)
 
 
 def rate(name: str):

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ecos_pl.atomic import naming
 from ecos_pl.cli.common import (
     program_parser,
     finish_command,
     add_command,
+    add_max_pixels,
     build_phi,
     check_image_size,
-    decode_images,
+    read_images,
     eps_text,
     existing_dir,
     existing_file,
@@ -48,7 +50,9 @@ from ecos_pl.cli.common import (
     read_features,
     read_list,
     read_message,
+    refuse_overwrite,
     replace_dir,
+    replace_entries,
     require_images,
     run_program,
     say,
@@ -153,6 +157,15 @@ def _state_folder(path) -> Path:
     raise ECOSInputError(f"--state {path} holds no cloud state (no state/settings.json); give the --out-dir of ecos-cloud compress.")
 
 
+def _state_inputs(path) -> list[tuple[str, object]]:
+    """What a command given `--state path` reads: the state folder, and compress's files beside it (nothing is read here)."""
+    p = Path(path).expanduser()
+    folder = next((f for f in (p / "state", p) if (f / "settings.json").is_file()), None)
+    if folder is None:  # no state: load_state says so
+        return []
+    return [("--state", f"{folder}/"), *(("--state", folder.parent / n) for n in ("centroids.ecos", "phi.safetensors", LABEL_PHI_FILE))]
+
+
 def load_state(path) -> CloudState:
     folder = _state_folder(path)
     try:
@@ -226,6 +239,12 @@ def _resolve_phi(spec: str | None, seed: int, image_size: int | None, flag: str 
 
 def cmd_compress(args) -> int:
     out_dir = Path(args.out_dir).expanduser()
+    files = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in ("--phi", "--label-phi")}
+    files = {flag: f for flag, f in files.items() if f is not None and Path(f).expanduser().is_file()}
+    written = [out_dir / "centroids.ecos", out_dir / "state", out_dir / "phi.safetensors", out_dir / LABEL_PHI_FILE]
+    # a φ file given from --out-dir itself is read before anything is written, and written back unchanged
+    refuse_overwrite([("--out-dir", w) for w in written if not any(_same_file(w, f) for f in files.values())],
+                     [("--features", args.features), ("--pool-list", args.pool_list), *files.items()])
     check_image_size(args.image_size)
     t0 = time.perf_counter()
     phi = phi_config = phi_source = None
@@ -245,7 +264,7 @@ def cmd_compress(args) -> int:
             raise ECOSInputError(f"--centroids {args.centroids} is larger than the pool ({len(paths)} images).")
         phi, phi_config, image_size, phi_source = _resolve_phi(args.phi, args.seed, args.image_size)
         say(f"pool: {len(paths):,} images under {root}; decoding at {image_size}x{image_size}")
-        images, paths = decode_images(root, paths, image_size, "--pool")
+        images, paths = read_images(root, paths, image_size, "--pool", args)
         if phi_config is not None:
             phi.fit(images)  # as the in-process pipeline does (a no-op for timm φ; PCA is fitted on the pool)
         say(f"φ: {type(phi).__name__} on {len(images):,} pool images")
@@ -272,10 +291,8 @@ def cmd_compress(args) -> int:
     data = message.to_bytes()
     phi_file = out_dir / "phi.safetensors"
     phi_bytes = None  # everything is computed and checked before the first file is written
-    if phi is not None and phi_source is None:
-        phi_bytes = phi_file_bytes(phi, image_size)
-    elif phi_source is not None and phi_source.resolve() != phi_file.resolve():
-        phi_bytes = phi_source.read_bytes()
+    if phi is not None:
+        phi_bytes = phi_file_bytes(phi, image_size) if phi_source is None else phi_source.read_bytes()
     label_phi_file = out_dir / LABEL_PHI_FILE
     label_bytes = None
     if label_phi is not None:
@@ -297,22 +314,30 @@ def cmd_compress(args) -> int:
         "timings": {"features": t1 - t0, "compress": t2 - t1},
     }
 
-    def build(folder: Path) -> None:
-        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-        np.savez(folder / "clusters.npz", assignments=cloud.clusters.assignments, sq_distances=cloud.clusters.sq_distances, sizes=cloud.clusters.sizes)
-        (folder / "centroids.ecos").write_bytes(data)
-        if pool_source["kind"] == "images":
-            np.save(folder / "pool_features.npy", np.ascontiguousarray(features, dtype=np.float32))
-            (folder / "pool_paths.txt").write_text(path_list_text(paths), encoding="utf-8")
-        if label_features is not None:
-            np.save(folder / "pool_label_features.npy", np.ascontiguousarray(label_features, dtype=np.float32))
+    def build_state(folder: Path) -> None:
+        def write(name: str, save) -> None:
+            with naming(out_dir / "state" / name):
+                save(folder / name)
 
-    replace_dir(build, out_dir / "state")
-    write_bytes_atomic(out_dir / "centroids.ecos", data)
-    if phi_bytes is not None:
-        write_bytes_atomic(phi_file, phi_bytes)
-    if label_bytes is not None:
-        write_bytes_atomic(label_phi_file, label_bytes)
+        write("settings.json", lambda p: p.write_text(json.dumps(settings, indent=2) + "\n"))
+        write("clusters.npz", lambda p: np.savez(p, assignments=cloud.clusters.assignments, sq_distances=cloud.clusters.sq_distances,
+                                                 sizes=cloud.clusters.sizes))
+        write("centroids.ecos", lambda p: p.write_bytes(data))
+        if pool_source["kind"] == "images":
+            write("pool_features.npy", lambda p: np.save(p, np.ascontiguousarray(features, dtype=np.float32)))
+            write("pool_paths.txt", lambda p: p.write_text(path_list_text(paths), encoding="utf-8"))
+        if label_features is not None:
+            write("pool_label_features.npy", lambda p: np.save(p, np.ascontiguousarray(label_features, dtype=np.float32)))
+
+    def build(folder: Path) -> None:  # every file of --out-dir, renamed into place only once all are written
+        (folder / "state").mkdir()
+        build_state(folder / "state")
+        for name, content in (("centroids.ecos", data), (phi_file.name, phi_bytes), (label_phi_file.name, label_bytes)):
+            if content is not None:
+                with naming(out_dir / name):
+                    (folder / name).write_bytes(content)
+
+    replace_entries(build, out_dir)
     sizes = cloud.clusters.sizes
     say(
         f"compressed {n:,} pool samples (d={d}) into R={args.centroids} centroids "
@@ -344,7 +369,13 @@ def _client_entry(path: str, msg: ScoresMessage) -> dict:
     }
 
 
+def _same_file(a, b) -> bool:
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    return a.exists() and b.exists() and a.samefile(b)
+
+
 def cmd_select(args) -> int:
+    refuse_overwrite([("--out", args.out)], [*_state_inputs(args.state), *(("--scores", s) for s in args.scores)])
     state = load_state(args.state)
     n = len(state.pool_features)
     budget = check_count(args.budget, "--budget", high=n, high_name="the pool size")
@@ -427,6 +458,7 @@ def _proxy_features_message(state: CloudState, indices: np.ndarray) -> ProxyFeat
 
 
 def cmd_proxy_features(args) -> int:
+    refuse_overwrite([("--out", args.out)], [*_state_inputs(args.state), ("--proxy", args.proxy)])
     state = load_state(args.state)
     proxy = load_proxy(args.proxy, state)
     msg = _proxy_features_message(state, proxy["indices"])
@@ -439,6 +471,7 @@ def cmd_proxy_features(args) -> int:
 def cmd_labels(args) -> int:
     from ecos_pl.protocol.privacy import ScoreMechanism
 
+    refuse_overwrite([("--out", args.out)], [*_state_inputs(args.state), ("--proxy", args.proxy), ("--labels", args.labels)])
     state = load_state(args.state)
     proxy = load_proxy(args.proxy, state)
     msg, _ = read_message(args.labels, LabelsMessage, "--labels")
@@ -508,6 +541,9 @@ def _data_text(text) -> str:
 def cmd_split_folders(args) -> int:
     from ecos_pl.data.folders import split_folders
 
+    refuse_overwrite([("--client-dir", args.client_dir), ("--pool-list", args.pool_list)], [("--root", f"{args.root}/")])
+    refuse_overwrite([("--pool-list", args.pool_list)], [("--client-dir", f"{args.client_dir}/")])
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -531,8 +567,12 @@ def cmd_split_folders(args) -> int:
 
     comment = (f"pool of {root} (ecos-cloud split-folders --client-domain {args.client_domain} --seed {args.seed} "
                f"--client-fraction {args.client_fraction} --test-fraction {args.test_fraction}); paths relative to it")
-    write_bytes_atomic(args.pool_list, path_list_text(splits.paths["pool"], comment).encode("utf-8"))
-    replace_dir(build, client_dir)
+    replace_dir(build, client_dir)  # the two outputs as one: the pool list only after the client's folder, which goes if it fails
+    try:
+        write_bytes_atomic(args.pool_list, path_list_text(splits.paths["pool"], comment).encode("utf-8"))
+    except BaseException:
+        shutil.rmtree(client_dir, ignore_errors=True)
+        raise
     say(f"wrote {args.pool_list}: the pool, {len(splits.paths['pool']):,} images (for the cloud: --pool {root} --pool-list {args.pool_list})",
         f"copied the client's training split, {len(train):,} images in {len(splits.class_names)} class folders, to {client_dir}/ "
         f"(for the client: --images {client_dir}); its test split ({len(splits.paths['client_test'])} images) stays in the tree")
@@ -571,6 +611,7 @@ def build_parser():
     names = ", ".join(phi_preset_names()) or "random_cnn, pca"
     p.add_argument("--phi", metavar="NAME|FILE", help=f"φ: a preset of conf/phi ({names}; default {DEFAULTS['phi']}, as train.py) or a φ file")
     p.add_argument("--image-size", type=positive_int("--image-size"), default=None, help=f"decode images at this size (default {DEFAULTS['image_size']}, as conf/data/folders.yaml, or the φ file's)")
+    add_max_pixels(p)
     p.add_argument("--centroids", "-R", type=positive_int("--centroids"), required=True, metavar="R", help="number of k-means centroids R")
     p.add_argument("--label-phi", metavar="NAME|FILE|none", default=DEFAULTS["label_phi"],
                    help="pseudo_label's labelling φ (a preset or a φ file), fitted on the pool, written as label_phi.safetensors; "

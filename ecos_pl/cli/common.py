@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ecos_pl import atomic
-from ecos_pl.atomic import replace_dir, write_atomic  # noqa: F401 - replace_dir: re-exported
+from ecos_pl.atomic import replace_dir, replace_entries, write_atomic  # noqa: F401 - replace_dir, replace_entries: re-exported
 from ecos_pl.bad_input import one_line as _one_line
 from ecos_pl.data.images import IMAGE_EXTENSIONS, decode_images, list_images, require_images  # noqa: F401 - re-exported
 from ecos_pl.protocol.errors import ECOSInputError
@@ -183,6 +183,37 @@ def existing_dir(path, flag: str) -> Path:
     return _existing(path, flag, Path.is_dir, "folder")
 
 
+def _real(path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a == b or (a.exists() and b.exists() and a.samefile(b))  # a hard link, a bind mount
+    except OSError:
+        return False
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """Before anything is read: no output may be an input, lie inside an input folder, or hold an input.
+
+    `outputs` and `inputs` are (flag, path) pairs (a None path is skipped); a path ending in "/" is a
+    folder (the cloud's state). One sentence names both flags, and nothing has been read or written.
+    """
+    outs = [(flag, str(path), _real(path)) for flag, path in outputs if path is not None]
+    for in_flag, src in inputs:
+        if src is None:
+            continue
+        folder = str(src).endswith("/")
+        s = _real(src)
+        for out_flag, shown, o in outs:
+            if _same(o, s) or (folder and o.is_relative_to(s)):
+                where = f"inside {in_flag} {src}" if folder and not _same(o, s) else f"{in_flag}'s own file ({src})"
+                raise ECOSInputError(f"{out_flag} {shown} is {where}; writing it would destroy an input, so give another path.")
+            if s.is_relative_to(o) and o.is_dir():
+                raise ECOSInputError(f"{out_flag} {shown} holds {in_flag} {src}, which writing it would replace; give another path.")
+
+
 def write_bytes_atomic(path, data: bytes) -> Path:
     return write_atomic(path, lambda f: f.write(data))
 
@@ -281,6 +312,21 @@ def read_list(path, flag: str, root: Path) -> list[str]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ECOSInputError(f"{flag} {path} lists {missing[0]!r}{more}, which is not a file under {root}.")
     return paths
+
+
+def add_max_pixels(parser) -> None:
+    """`--max-pixels`: the pixel limit of `ecos_pl.data.images` (files over it are skipped with a warning naming them)."""
+    from ecos_pl.data.images import MAX_IMAGE_PIXELS
+
+    parser.add_argument("--max-pixels", type=positive_int("--max-pixels"), default=MAX_IMAGE_PIXELS, metavar="N",
+                        help="skip, with a warning, an image file whose header promises more than N pixels, before it is decoded (default %(default)s)")
+
+
+def read_images(root: Path, paths: list[str], size: int, flag: str, args) -> tuple[np.ndarray, list[str]]:
+    """`decode_images` under the command's `--max-pixels`."""
+    from ecos_pl.data.images import PixelLimit
+
+    return decode_images(root, paths, size, flag, PixelLimit(args.max_pixels, "--max-pixels"))
 
 
 def check_image_size(size: int | None) -> int | None:

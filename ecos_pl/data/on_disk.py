@@ -22,13 +22,13 @@ import numpy as np
 
 from ecos_pl import atomic
 from ecos_pl.data.base import DataSource, DomainSplit, ECOSData, split_counts
-from ecos_pl.data.images import check_image_size, decode_all, warn_skipped
+from ecos_pl.data.images import check_image_size, current_pixel_limit, decode_all, warn_skipped
 from ecos_pl.data.splits import SPLITS, PathSplits, check_client_domain, check_max_per_domain, check_nonempty, check_seed
 
 log = logging.getLogger(__name__)
 
 #: bump when decoding or the cache format changes; it is part of the cache key.
-VERSION = 2  # 2: one uint8 .npy memory map per split
+VERSION = 3  # 2: one uint8 .npy memory map per split; 3: 16-bit and float greys scaled, the pixel limit in the key
 #: the small arrays of a decoded cache entry (labels, domains, paths, key); written last, so it marks a complete entry.
 _ARRAYS = "arrays.npz"
 #: rows copied at a time when a split is compacted (files that could not be decoded removed).
@@ -42,6 +42,7 @@ def cache_key(splits: PathSplits, image_size: int) -> str:
     h = hashlib.sha256()
     head = {
         "version": VERSION, "name": splits.name, "root": str(splits.root), "image_size": image_size,
+        "max_image_pixels": current_pixel_limit().pixels,
         "domains": splits.domain_names, "classes": splits.class_names, "client_domain": splits.client_domain,
         "params": splits.params,
     }
@@ -185,7 +186,7 @@ def load_splits(splits: PathSplits, image_size: int, cache_dir=None) -> ECOSData
     elif arrays is None:
         arrays = _decode_splits(splits, image_size, key)
     elif len(arrays["skipped"]):
-        warn_skipped([(str(p), "skipped when the cache was built") for p in arrays["skipped"]], splits.root, listed_in=_SKIPPED_LIST)
+        warn_skipped([(str(p), "it was skipped when the cache was built") for p in arrays["skipped"]], splits.root, listed_in=_SKIPPED_LIST)
     return assemble(splits, arrays, image_size, folder)
 
 

@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.serverapp import Grid, ServerApp
 
-from ecos_pl.flower.exchange import FlowerExchange, encode
+from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, FlowerExchange, encode
 from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap, secagg_reply
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.messages import parse_message
@@ -94,7 +94,7 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 
 def serve(grid: Grid, context: Context, pool_features, sampler, budget, seed, out, *, n_clients: int,
-          min_answers: int | None = None, timeout: float | None = 120.0, connect_timeout: float = 60.0,
+          min_answers: int | None = None, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 60.0,
           secagg: dict | None = None) -> dict:
     """The cloud's run: wait for `n_clients` nodes, `sampler.sample` through a `FlowerExchange` (or, with `secagg`,
     SecAggExchange's keywords, a `SecAggExchange`), write the proxy set; its summary.

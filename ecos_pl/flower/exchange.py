@@ -13,6 +13,7 @@ is dropped with a warning and the round goes on with the clients that answered; 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -22,6 +23,9 @@ from ecos_pl.protocol.exchange import Exchange
 from ecos_pl.protocol.messages import CentroidsMessage, LabelsMessage, ProxyFeaturesMessage, ScoresMessage
 
 log = logging.getLogger(__name__)
+
+#: seconds a round (or, with SecAgg+, each of its stages) waits for the answers before it goes on without the rest
+DEFAULT_TIMEOUT = 120.0
 
 #: the Flower message type of every ECOS round (a ClientApp registers it with `@app.query("ecos")`)
 MESSAGE_TYPE = "query.ecos"
@@ -56,15 +60,17 @@ class GridExchange(Exchange):
 
     `node_ids`: the nodes to ask (default: every node the grid knows when the round starts);
     `min_answers`: the fewest answers a round goes on with (at least `least`); `timeout`: seconds to
-    wait for the answers (None: until every node has answered or failed).
+    wait for the answers (finite: a node that never answers must not stall the cloud).
     """
 
     #: the fewest answers any round of this exchange can go on with, and why (said when a smaller min_answers is refused)
     least, least_why = 1, ""
 
-    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float | None = None):
+    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float = DEFAULT_TIMEOUT):
         super().__init__()
-        self.grid, self.timeout = grid, timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ECOSInputError(f"timeout must be a finite number of seconds > 0, got {timeout!r}.")
+        self.grid, self.timeout = grid, float(timeout)
         self.min_answers = int(min_answers)
         if self.min_answers < self.least:
             raise ECOSInputError(f"min_answers must be at least {self.least}{self.least_why}, got {min_answers!r}.")
@@ -89,7 +95,7 @@ class GridExchange(Exchange):
 class FlowerExchange(GridExchange):
     """The clients behind a Flower `Grid` (the ServerApp's): one message to each node, its answers back."""
 
-    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float | None = None):
+    def __init__(self, grid, node_ids=None, *, min_answers: int = 1, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(grid, node_ids, min_answers=min_answers, timeout=timeout)
         #: per round: the nodes whose answer was dropped, and why
         self.dropped: list[dict[int, str]] = []
@@ -121,7 +127,7 @@ class FlowerExchange(GridExchange):
             answers[node] = (node if client is None else client, node, answer)
         for node in nodes:
             if node not in answers and node not in dropped:
-                dropped[node] = "no answer" + (f" within {self.timeout} s" if self.timeout is not None else "")
+                dropped[node] = f"no answer within {self.timeout:g} s"
         for node, why in sorted(dropped.items()):
             log.warning("ECOS round %s: dropped the answer of node %s (%s); the round goes on without it.", group, node, why)
         self.dropped.append(dropped)

@@ -31,7 +31,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.flower.exchange import GridExchange
+from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, GridExchange
 from ecos_pl.protocol.exchange import Round
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
 
@@ -43,6 +43,35 @@ DEFAULT_CLIP = 2**20
 MODULUS = 2**32
 #: the fit config's keys: the centroids message's bytes, and the clip the device applies before masking
 MESSAGE_KEY, CLIP_KEY = "message", "clip"
+#: where SecAgg+ names its stage in each message it sends (flwr.common.secure_aggregation.secaggplus_constants)
+STAGE_RECORD, STAGE_KEY = "secaggplus_configs", "stage"
+
+
+class StageWatch:
+    """The grid SecAgg+ talks through, noting per stage which nodes were asked and which answered without error,
+    so a stalled or shrunken round can say where it lost whom."""
+
+    def __init__(self, grid):
+        self._grid = grid
+        #: (stage, nodes asked, nodes that answered) per `send_and_receive`, in order
+        self.stages: list[tuple[str, list[int], set[int]]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        stage = next((str(m.content.config_records[STAGE_RECORD][STAGE_KEY]) for m in messages
+                      if STAGE_RECORD in m.content.config_records), messages[0].metadata.message_type if messages else "?")
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        answered = {int(r.metadata.src_node_id) for r in replies if not r.has_error()}
+        self.stages.append((stage, sorted(int(m.metadata.dst_node_id) for m in messages), answered))
+        return replies
+
+    def silent(self) -> list[tuple[str, list[int]]]:
+        """(stage, the nodes asked in it that gave no usable answer) for every stage that lost a node."""
+        return [(stage, [n for n in asked if n not in answered]) for stage, asked, answered in self.stages
+                if any(n not in answered for n in asked)]
 
 
 def secagg_counts(scores: np.ndarray, clip: int) -> tuple[np.ndarray, int]:
@@ -88,7 +117,7 @@ class SecAggExchange(GridExchange):
 
     def __init__(self, grid, context: Context, node_ids=None, *, min_answers: int = 2, clip: int = DEFAULT_CLIP,
                  num_shares: int | float = 1.0, reconstruction_threshold: int | float = 0.67,
-                 timeout: float | None = None):
+                 timeout: float = DEFAULT_TIMEOUT):
         super().__init__(grid, node_ids, min_answers=min_answers, timeout=timeout)
         self.context, self.clip = context, int(clip)
         if not 1 <= self.clip < MODULUS // 4:
@@ -122,15 +151,20 @@ class SecAggExchange(GridExchange):
             self.num_shares, self.reconstruction_threshold, max_weight=1.0, clipping_range=float(self.clip),
             quantization_range=2 * self.clip, modulus_range=MODULUS, timeout=self.timeout,
         ))
+        watch = StageWatch(self.grid)
         start = time.perf_counter()
-        workflow(self.grid, context)
+        workflow(watch, context)
         seconds = time.perf_counter() - start
         self._summed = len(reports)
+        lost = "; ".join(f"stage {stage}: node{'s' * (len(nodes) > 1)} {', '.join(map(str, nodes))} gave no answer "
+                         f"within {self.timeout:g} s" for stage, nodes in watch.silent())
         if self._summed < self.min_answers:
             raise ECOSInputError(
-                f"SecAgg+ summed the scores of {self._summed} of {n} clients (fewer than min_answers={self.min_answers}, "
-                "or too few shares to unmask); the round cannot go on."
+                f"SecAgg+ summed the scores of {self._summed} of {n} clients, fewer than min_answers={self.min_answers} "
+                f"({lost or 'too few shares to unmask'}); the round cannot go on."
             )
+        if lost:
+            log.warning("SecAgg+ round went on without some nodes (%s).", lost)
         (mean,) = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
             context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
         total = np.rint(np.asarray(mean, dtype=np.float64) * self._summed)  # FedAvg's mean of the one unmasked sum

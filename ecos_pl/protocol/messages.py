@@ -86,6 +86,24 @@ def answer_tag(message) -> bytes:
     return hashlib.sha256(message.to_bytes()).digest()[:TAG_BYTES]
 
 
+def wire_float32(values, name: str) -> np.ndarray:
+    """`values` as the float32 they travel as, checked after the cast: NaN, ±inf, and a finite value that
+    float32 cannot hold (|x| > 3.4e38, which the cast turns into inf) are each one sentence naming `name`."""
+    x = np.asarray(values)
+    if np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating):
+        with np.errstate(over="ignore", invalid="ignore"):
+            wide = x.astype(np.float64, copy=False)
+            out = x.astype(np.float32)
+        if not np.isfinite(wide).all():
+            raise ECOSInputError(f"{name} contain NaN or infinite values.")
+        if not np.isfinite(out).all():
+            big = float(np.abs(wide).max())
+            raise ECOSInputError(f"{name} hold {big:g}, beyond the float32 range of a message (|x| <= {np.finfo(np.float32).max:.4g}).")
+    else:
+        out = np.asarray(values, dtype=np.float32)  # a non-numeric array: the caller's own checks name it
+    return np.ascontiguousarray(out)
+
+
 def _check_tag(tag) -> bytes | None:
     if tag is None:
         return None
@@ -190,14 +208,12 @@ class CentroidsMessage:
     tag: bytes | None = None
 
     def __post_init__(self) -> None:
-        c = np.ascontiguousarray(self.centroids, dtype=np.float32)
+        c = wire_float32(self.centroids, "centroids")
         if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
             raise ECOSInputError(f"centroids must be a non-empty [R, d] array, got shape {c.shape}.")
-        if not np.isfinite(c).all():
-            raise ECOSInputError("centroids contain NaN or infinite values.")
         object.__setattr__(self, "centroids", c)
         if self.radii is not None:
-            radii = np.ascontiguousarray(self.radii, dtype=np.float32)
+            radii = wire_float32(self.radii, "radii")
             if radii.shape != (c.shape[0],) or not np.isfinite(radii).all() or (radii < 0).any():
                 raise ECOSInputError(f"radii must be {c.shape[0]} finite non-negative numbers, one per centroid.")
             object.__setattr__(self, "radii", radii)
@@ -258,7 +274,7 @@ class ScoresMessage:
         scores = check_scores(s, s.shape[0] if s.ndim == 1 else -1)
         if len(scores) < 1:
             raise ECOSInputError("scores is empty; there must be one score per centroid.")
-        object.__setattr__(self, "scores", scores.astype(np.float32))
+        object.__setattr__(self, "scores", wire_float32(scores, "scores"))  # checked as sent: 1e39 is no float32
         object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
         object.__setattr__(self, "tag", _check_tag(self.tag))
 
@@ -288,11 +304,9 @@ class ProxyFeaturesMessage:
     tag: bytes | None = None
 
     def __post_init__(self) -> None:
-        f = np.ascontiguousarray(self.features, dtype=np.float32)
+        f = wire_float32(self.features, "proxy features")
         if f.ndim != 2 or f.shape[0] < 1 or f.shape[1] < 1:
             raise ECOSInputError(f"proxy features must be a non-empty [B, d] array, got shape {f.shape}.")
-        if not np.isfinite(f).all():
-            raise ECOSInputError("proxy features contain NaN or infinite values.")
         object.__setattr__(self, "features", f)
         object.__setattr__(self, "tag", _check_tag(self.tag))
 
