@@ -185,8 +185,8 @@ def main(argv: list[str]) -> int:
     out_dir = (ROOT / opts["out"]).resolve()
     layout = data_layout(overrides)
     tag = variant_tag([o for o in overrides if not o.startswith(("scenario=", "data=", "data.layout="))])
-    name = data_name(data, layout)
-    runs_dir = out_dir / "runs" / f"{scenario}-{name}{tag}"
+    data_label = data_name(data, layout)
+    runs_dir = out_dir / "runs" / f"{scenario}-{data_label}{tag}"
     rows: dict[str, list[dict]] = {}
     for domain in domains or [None]:
         where = [] if domain is None else [f"data.client_domain={domain}"]
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
     command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
     table = markdown(rows, title, command.strip()) + (per_domain(rows, domains) if domains else "")
     print(table)
-    stem = out_dir / f"compare_samplers-{scenario}-{name}{tag}"
+    stem = out_dir / f"compare_samplers-{scenario}-{data_label}{tag}"
     write_text_atomic(stem.with_suffix(".md"), table)
     write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
                        "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))
