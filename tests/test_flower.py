@@ -319,13 +319,13 @@ def test_simulate_stops_a_simulation_past_its_timeout_with_its_ray_processes(mon
     from ecos_pl.flower import SimulationError, simulate
 
     started = []
-    real_start = multiprocessing.get_context("spawn").Process.start
+    real_start = multiprocessing.get_context("fork").Process.start
 
     def start(self):
         real_start(self)
         started.append(self.pid)
 
-    monkeypatch.setattr(multiprocessing.get_context("spawn").Process, "start", start)
+    monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", start)
     begin = time.monotonic()
     with pytest.raises(SimulationError, match=r"did not finish within its timeout of 12 s and was stopped"):
         simulate(*_sleeping_apps(), 1, BACKEND, timeout=12)

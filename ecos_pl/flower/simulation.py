@@ -4,7 +4,8 @@ Why: `flwr.simulation.run_simulation` starts Ray and Flower's in-memory SuperLin
 leaves process-wide state behind (Ray's driver state, Flower's `TaskIdentity`, a non-daemon ServerApp thread that
 polls until every answer comes). A later simulation in the same process inherits that state, and a ServerApp that
 waits for an answer that never comes keeps the process alive after Ctrl-C. `simulate` runs one simulation in a
-fresh *spawned* process that leads its own process group: it cannot inherit the last one's state, the whole group
+*forked* child that leads its own process group (the apps reach it as they are, nothing is pickled; the caller never
+starts Ray itself, so there is no Ray state to inherit, and each child's Flower state dies with it); the whole group
 (Ray's GCS, raylet and workers included) is killed when the simulation outlives `timeout` or the caller gets
 SIGINT/SIGTERM, and the child ends itself with `os._exit` so no leftover thread can keep it alive. Log records
 travel back to the caller's `logging` (pytest's caplog sees them); an exception of the ServerApp comes back as the
@@ -47,14 +48,12 @@ def simulate(server_app, client_app, num_supernodes: int, backend_config: dict |
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ECOSInputError(f"timeout must be a finite number of seconds > 0, got {timeout!r}.")
-    import cloudpickle  # Ray's own pickler (the apps hold closures); only this process's objects, never a user's file
-
-    payload = cloudpickle.dumps((server_app, client_app, int(num_supernodes), backend_config))
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     logs, result = ctx.Queue(), ctx.SimpleQueue()
     logs.cancel_join_thread()  # a child killed mid-write must not make this process wait for the queue at exit
-    child = ctx.Process(target=_child, args=(payload, logs, result, logging.getLogger().getEffectiveLevel(),
-                                             os.getpid()), name="flower-simulation", daemon=False)
+    child = ctx.Process(target=_child, name="flower-simulation", daemon=False, args=(
+        (server_app, client_app, int(num_supernodes), backend_config), logs, result,
+        logging.getLogger().getEffectiveLevel(), os.getpid()))
     relay = threading.Thread(target=_relay_logs, args=(logs,), name="flower-simulation-logs", daemon=True)
     restore = _stop_child_on_signals(child)
     start = time.monotonic()
@@ -79,7 +78,7 @@ def simulate(server_app, client_app, num_supernodes: int, backend_config: dict |
     log.debug("Flower simulation finished in %.1f s", time.monotonic() - start)
 
 
-def _child(payload: bytes, logs, result, level: int, parent: int) -> None:
+def _child(apps: tuple, logs, result, level: int, parent: int) -> None:
     """The simulation's process: its own group, logs to the queue, one outcome as soon as the ServerApp ends, then
     `os._exit` (a ClientApp still busy on a late answer must not keep the process: Flower joins its workers)."""
     os.setsid()
@@ -91,12 +90,10 @@ def _child(payload: bytes, logs, result, level: int, parent: int) -> None:
     root.setLevel(level)
     outcome: tuple[str, str] | None = ("SimulationError", "the Flower simulation ended before its ServerApp did")
     try:
-        import pickle
-
         from flwr.serverapp import ServerApp
         from flwr.simulation import run_simulation
 
-        server_app, client_app, num_supernodes, backend_config = pickle.loads(payload)
+        server_app, client_app, num_supernodes, backend_config = apps
         served, errors = threading.Event(), []
         watched = ServerApp()
 
