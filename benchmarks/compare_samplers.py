@@ -4,8 +4,8 @@
     uv run python benchmarks/compare_samplers.py seeds=[1] samplers=[ecos,random] budget=200
     uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=pseudo_label
 
-`seeds=`, `samplers=`, `domains=` (client domains: a list, or `all` of the data's), `out=`
-belong to this script; every other `key=value` is a Hydra override passed to each run.
+`seeds=`, `samplers=`, `domains=` (client domains: a list, or `all` of the data's), `one_seed=`
+(samplers run on the first seed only), `out=` belong to this script; every other `key=value` is a Hydra override passed to each run.
 The runs are `train.py`'s own (`run_experiment` on the composed config) in this process,
 one after the other. Each writes its results JSON (kept, so an interrupted comparison
 resumes where it stopped); the table (mean ± std over seeds, per client domain and
@@ -38,6 +38,7 @@ DEFAULTS = {
     "seeds": [1, 2, 3],
     "samplers": ["ecos", "random", "full", "kcenter", "uniform_cluster", "oracle_central", "local"],
     "domains": None,  # None: the data config's client domain
+    "one_seed": [],  # samplers run on the first seed only (the costly ceilings: full, local, oracle_central)
     "out": "benchmarks/results",
 }
 #: the client domains of `domains=all`
@@ -59,6 +60,7 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             overrides.append(arg)
     opts["seeds"] = [int(s) for s in (opts["seeds"] if isinstance(opts["seeds"], list) else [opts["seeds"]])]
     opts["samplers"] = opts["samplers"] if isinstance(opts["samplers"], list) else [opts["samplers"]]
+    opts["one_seed"] = opts["one_seed"] if isinstance(opts["one_seed"], list) else [opts["one_seed"]]
     if opts["domains"] is not None and not isinstance(opts["domains"], list):
         opts["domains"] = [opts["domains"]]
     return opts, overrides
@@ -191,7 +193,7 @@ def main(argv: list[str]) -> int:
     for domain in domains or [None]:
         where = [] if domain is None else [f"data.client_domain={domain}"]
         for sampler in opts["samplers"]:
-            for seed in opts["seeds"]:
+            for seed in opts["seeds"][:1] if sampler in opts["one_seed"] else opts["seeds"]:
                 name = f"{sampler}-{domain}-seed{seed}" if domain else f"{sampler}-seed{seed}"
                 kept = run_kept([f"sampler={sampler}", f"seed={seed}", "logger=csv", *where, *overrides], runs_dir / f"{name}.json")
                 if kept is None:
@@ -199,12 +201,16 @@ def main(argv: list[str]) -> int:
                 rows.setdefault(sampler, []).append(kept)
     from results_md import LAYOUT_WORDS
 
+    once = [s for s in opts["samplers"] if s in opts["one_seed"]]
     title = f"{scenario} on {data}{LAYOUT_WORDS.get(layout, '')}, seeds {opts['seeds']}" \
+        + (f" ({', '.join(once)}: seed {opts['seeds'][0]})" if once and len(opts["seeds"]) > 1 else "") \
         + (f", client domains {domains}" if domains else "") + (f" ({' '.join(overrides)})" if overrides else "")
     command = "uv run python benchmarks/compare_samplers.py " + " ".join(argv)
     table = markdown(rows, title, command.strip()) + (per_domain(rows, domains) if domains else "")
     print(table)
-    stem = out_dir / f"compare_samplers-{scenario}-{data_label}{tag}"
+    # a table of some client domains only is named by them, so it never overwrites the every-domain table
+    subset = f"-{'_'.join(domains)}" if domains and sorted(domains) != sorted(DOMAINS.get(data, [])) else ""
+    stem = out_dir / f"compare_samplers-{scenario}-{data_label}{tag}{subset}"
     write_text_atomic(stem.with_suffix(".md"), table)
     write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
                        "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))

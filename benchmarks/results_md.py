@@ -130,7 +130,7 @@ def margins_table(rows: dict[str, list[dict]], domains: list[str], scenario: str
     paper = PAPER.get(scenario, {})
     lines = ["| ECOS minus | ours (points, avg of domains) | paper (points) | ECOS ahead (domain × seed pairs) | 95 % CI (paired bootstrap) |",
              "|---|---|---|---|---|"]
-    for over in ("random", "kcenter", "full", "oracle_central", "local"):
+    for over in ("random", "kcenter", "uniform_cluster", "full", "oracle_central", "local"):
         ours = margins(rows, domains, over)
         theirs = paper["ecos"] - paper[over] if over in paper else None
         if ours is not None or theirs is not None:
@@ -217,14 +217,17 @@ SUMMARY_START, SUMMARY_END = "<!-- summary table: benchmarks/results_md.py -->",
 
 def summary_table(results_dir: Path) -> str:
     """One row per scenario: each sampler's accuracy averaged over client domains and seeds, ECOS − random beside the paper's."""
-    samplers = ("ecos", "kcenter", "random", "full", "oracle_central", "local")
+    samplers = ("ecos", "kcenter", "random", "uniform_cluster", "full", "oracle_central", "local")
     found = {}
-    # the defaults' tables (no variant tag), per layout
-    for path in sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite.json")) + \
-            sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite_domainnet.json")):
+    # the defaults' tables (no override beyond scenario, data and layout), per layout; the one with most client domains
+    for path in sorted(Path(results_dir).glob("compare_samplers-*-digits5_lite*.json")):
         table = json.loads(path.read_text())
-        if table.get("domains"):
-            found[f"{table['scenario']} ({layout_of(table)} layout)"] = table
+        variant = [o for o in table.get("overrides", []) if not o.startswith(("scenario=", "data=", "data.layout="))]
+        if not table.get("domains") or variant:
+            continue
+        label = f"{table['scenario']} ({layout_of(table)} layout)"
+        if label not in found or len(table["domains"]) > len(found[label]["domains"]):
+            found[label] = table
     if not found:
         return "(no benchmark has run yet)"
     shown = [s for s in samplers if any(s in t["runs"] for t in found.values())]

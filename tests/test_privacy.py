@@ -154,3 +154,33 @@ def test_epsilon_budget_exceeded_stops_with_one_sentence():
     check_budget(3.0, 5.0, "x")
     with pytest.raises(ECOSInputError, match=r"client.max_epsilon=2 would be exceeded: labelling costs ε = 3"):
         check_budget(3.0, 2.0, "labelling")
+
+
+def test_replace_one_epsilon_is_the_gaussian_at_sensitivity_root_two():
+    """Replacing a sample moves two counts by one: the release is a Gaussian mechanism of L2 sensitivity √2, so the
+    calibration of that ε at sensitivity √2 must give back the σ the client adds (0.58 add/remove -> 0.85 replace-one)."""
+    m = ScoreMechanism()
+    eps = m.report()["epsilon_replace_one"]
+    assert 0.8 < eps < 0.9
+    assert gaussian_sigma(eps, m.delta, sensitivity=math.sqrt(2.0)) == pytest.approx(m.noise_scale, rel=2e-3)
+    assert ScoreMechanism("laplace", 0.5).report()["epsilon_replace_one"] == 1.0
+    assert ScoreMechanism.from_settings(None).report()["epsilon_replace_one"] is None
+
+
+def test_pld_is_tighter_than_rdp_and_reaches_the_papers_range_at_b_3000():
+    """The whole exchange (scores at 0.58 + B Private-kNN answers) by both accountants: PLD never above RDP; at
+    B = 3000 with γ = 0.05, σ = 4 it is within the paper's ε ≤ 5.4; replace-one costs more than add/remove."""
+    scores = [ScoreMechanism()]
+    rdp = label_epsilon(4.0, 3000, 1e-5, scores, sampling_rate=0.05)
+    pld = label_epsilon(4.0, 3000, 1e-5, scores, sampling_rate=0.05, accountant="pld")
+    replace = label_epsilon(4.0, 3000, 1e-5, scores, sampling_rate=0.05, accountant="pld", adjacency="replace_one")
+    assert pld < rdp and pld <= 5.4 < rdp + 1.0
+    assert replace > pld
+
+
+@pytest.mark.parametrize("kwargs, match", [({"accountant": "moments"}, "accountant='moments' is not one of"),
+                                           ({"adjacency": "swap"}, "adjacency='swap' is not one of"),
+                                           ({"adjacency": "replace_one"}, "replace_one' is accounted by the pld accountant only")])
+def test_bad_accounting_choices_are_one_sentence(kwargs, match):
+    with pytest.raises(ECOSInputError, match=match):
+        label_epsilon(4.0, 10, 1e-5, [ScoreMechanism()], sampling_rate=0.2, **kwargs)

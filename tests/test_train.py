@@ -35,7 +35,8 @@ def test_train_end_to_end(tiny_run, sampler, overrides):
     assert set(res["timings"]) >= {"features", "compress", "score", "select", "train"}
     if sampler == "ecos":  # private by default: the paper's Gaussian scores
         assert res["epsilon"] == 0.58
-        assert res["score_privacy"] == {"mechanism": "gaussian", "epsilon": 0.58, "delta": 1e-5, "noise_sigma": pytest.approx(6.1373, abs=1e-3)}
+        assert res["score_privacy"] == {"mechanism": "gaussian", "epsilon": 0.58, "delta": 1e-5, "noise_sigma": pytest.approx(6.1373, abs=1e-3),
+                                        "adjacency": "add_remove", "epsilon_replace_one": pytest.approx(0.847, abs=2e-3)}
     else:
         assert res["epsilon"] is None and res["score_privacy"] is None
     if sampler == "ecos":

@@ -31,7 +31,10 @@ from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import LabelsMessage, ProxyFeaturesMessage
 from ecos_pl.protocol.privacy import NoiseSource, ScoreMechanism, check_delta, check_rate, composed_epsilon
 
-#: L2 sensitivity of one query's vote histogram to adding or removing one client sample
+#: L2 sensitivity of one query's vote histogram to adding or removing one client sample (one vote in, the displaced k-th
+#: neighbour's out), and to replacing one (its vote out, the newcomer's or the next neighbour's in: the same √2, the
+#: subsample's coin being the sample's slot). Under replace-one dp-accounting's PLD puts the two neighbours' contributions
+#: 2·√2 apart (±√2 about the unsampled 0): an upper bound of the exchange's replace-one ε.
 VOTE_SENSITIVITY = math.sqrt(2.0)
 #: ... and of its top vote (the screening's input)
 TOP_VOTE_SENSITIVITY = 1.0
@@ -181,7 +184,8 @@ def query_dp_event(sigma: float, sampling_rate: float = 1.0, screen_sigma: float
 
 
 def label_epsilon(sigma: float | None, n_queries: int, delta: float, score_releases: list | None = None, *,
-                  sampling_rate: float = 1.0, screen_sigma: float | None = None) -> float:
+                  sampling_rate: float = 1.0, screen_sigma: float | None = None, accountant: str = "rdp",
+                  adjacency: str = "add_remove") -> float:
     """ε at δ of the client's whole release: B Private-kNN answers, composed with its scores' release(s).
 
     `score_releases`: `ScoreMechanism`s, or (older callers) Laplace ε values, None meaning exact
@@ -196,13 +200,13 @@ def label_epsilon(sigma: float | None, n_queries: int, delta: float, score_relea
     events = [dp_accounting.SelfComposedDpEvent(query_dp_event(sigma, rate, screen_sigma), int(n_queries))]
     for release in score_releases or []:
         if isinstance(release, ScoreMechanism):
-            events.append(release.dp_event())
+            events.append(release.dp_event(adjacency))
         elif release is None:
             events.append(dp_accounting.NonPrivateDpEvent())
         else:
             events.append(dp_accounting.LaplaceDpEvent(1.0 / float(release)))
     logging.getLogger("absl").setLevel(logging.ERROR)  # RDP orders it cannot evaluate are dropped, with a warning each
-    return composed_epsilon(events, delta)
+    return composed_epsilon(events, delta, accountant, adjacency)
 
 
 class PseudoLabeller:

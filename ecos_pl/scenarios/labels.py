@@ -146,7 +146,19 @@ class ClientKNNLabels(ProxyLabels):
             "label_phi": "protocol" if self.phi is None else self.phi.name,
             "label_feature_dim": down.dim,
             "label_delta": s.delta,
+            "label_accountant": s.accountant,
             # ε at δ of the labels, and of the whole exchange: B subsampled answers composed with the scores' release
             "label_epsilon": eps_labels,
             "exchange_epsilon": eps_exchange,
+            # the same exchange by the PLD accountant (tighter), and with replace-one neighbours (PLD)
+            **self.other_accountings(n_queries, request.score_releases),
         }
+
+    def other_accountings(self, n_queries: int, score_releases: list) -> dict:
+        """The exchange's ε at δ by PLD (add/remove) and for replace-one neighbours (PLD); None where not accountable."""
+        s = self.settings
+        kwargs = {**s.accounting, "accountant": "pld"}
+        scores = [r for r in score_releases if getattr(r, "mechanism", None) != "laplace"]
+        return {"exchange_epsilon_pld": label_epsilon(s.sigma, n_queries, s.delta, score_releases, **kwargs),
+                "exchange_epsilon_replace_one": label_epsilon(s.sigma, n_queries, s.delta, scores, **kwargs, adjacency="replace_one")
+                if len(scores) == len(score_releases) else None}
