@@ -13,11 +13,11 @@ cs scenario=compression "$main4"
 cs scenario=compression samplers=[ecos,random,kcenter,uniform_cluster,full,oracle_central,local] one_seed=[full,oracle_central,local]
 # 2. the ablation on the default client (5 seeds)
 uv run python benchmarks/ablation.py
-# 3. label_outsourcing, DomainNet layout (the default); `full` leaves FixMatch no unlabelled sample, so it is left out
-cs scenario=label_outsourcing "$main4"
-cs scenario=label_outsourcing samplers=[ecos,random,kcenter,uniform_cluster,oracle_central,local] one_seed=[oracle_central,local]
-# 4. pseudo_label at the paper's budget B = 3000 within its ε ≤ 5.4 (PLD), with the Private-kNN setting chosen on public
+# 3. pseudo_label at the paper's budget B = 3000 within its ε ≤ 5.4 (PLD), with the Private-kNN setting chosen on public
 #    data (benchmarks/label_privacy.py --public --seeds 1 --accountant pld --max-epsilon 5.4 budget=3000)
 uv run python benchmarks/compare_samplers.py data=digits5_lite scenario=pseudo_label budget=3000 scenario.labels.accountant=pld \
   scenario.labels.sampling_rate=0.05 scenario.labels.k=10 scenario.labels.sigma=4 scenario.labels.threshold=0.3 \
   samplers=[ecos,random] seeds=[1] domains=[mnistm]
+# 4. label_outsourcing, DomainNet layout (the default); `full` leaves FixMatch no unlabelled sample, so it is left out
+cs scenario=label_outsourcing "$main4"
+cs scenario=label_outsourcing samplers=[ecos,random,kcenter,uniform_cluster,oracle_central,local] one_seed=[oracle_central,local]
