@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
-from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy, check_number
+from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, Refinement, ScorePrivacy, check_number
 
 #: seeds Lightning's seed_everything takes: 0 .. 2**32 - 1
 MAX_SEED = 2**32 - 1
@@ -205,6 +205,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("scenario", ScenarioSettings),
     ("sampler", Clustering),
     ("sampler", Allocation),
+    ("sampler", Refinement),
     ("sampler", OracleSettings),
     ("scenario.labels", Labelling),
     ("data", DataSettings),

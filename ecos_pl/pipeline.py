@@ -77,6 +77,8 @@ class ProtocolReport:
     selection_artifact: str | None = None
     selection_reused: bool = False
     feature_cache: dict | None = None
+    #: a strategy of several rounds (`ecos_adaptive`): each round's centroids, share of ε, ε, σ, bytes
+    rounds: list | None = None
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -277,14 +279,29 @@ class ProtocolPipeline:
             pool_in_domain_fraction=float(np.mean(data.pool_in_domain())),
             composition_by_domain={name: int((domains == i).sum()) for i, name in enumerate(data.domain_names)},
             bytes_down=selection.bytes_down, bytes_up=selection.bytes_up, client_score_macs=selection.client_macs,
-            epsilon=selection.epsilon,
+            epsilon=selection.epsilon if selection.epsilon is not None or "round_share" not in selection.diagnostics
+            else self.mechanism.epsilon,  # the rounds together spend the client's whole ε
             # how the scores were privatised (what the client did, whatever the sampler asked)
             score_privacy=self.mechanism.report() if selection.bytes_up and not self.sampler.releases_features else None,
             timings={"features": cloud_features_s + client_features_s, "features_cloud": cloud_features_s,
                      "features_client": client_features_s, **{k: selection.timings.get(k, 0.0) for k in ("compress", "score", "select")}},
             selection_artifact=None if self.selection_path is None else str(self.selection_path),
             selection_reused=bool(reused), feature_cache=self.feature_cache_info,
+            rounds=self._rounds(selection),
         )
+
+    def _rounds(self, selection: Selection) -> list | None:
+        """Each round of a multi-round strategy, with the ε and σ the client's mechanism gave it (dp-accounting)."""
+        from ecos_pl.protocol.adaptive import round_epsilons, round_table
+
+        table = round_table(selection.diagnostics)
+        if table is None or self.mechanism.mechanism == "none":
+            return table
+        privacy = round_epsilons(self.mechanism, [r["share"] for r in table])
+        for r, eps, sigma in zip(table, privacy["round_epsilon"], privacy["round_sigma"]):
+            r.update(epsilon=eps, noise_sigma=sigma)
+        table[-1]["all_rounds_epsilon_pld"] = privacy["composed_epsilon_pld"]  # dp-accounting's composition of them all
+        return table
 
     # ------------------------------------------------------------------ privacy and the label round
 

@@ -14,7 +14,7 @@ Wire format, schema version 2 (little endian), `HEADER_BYTES` = 32 in all:
          7    1 dtype  of the payload (1 float32, 2 int16), fixed per kind
          8    4 R      u32 (rows: centroids, scores, proxy samples, labels)
         12    4 d      u32 (columns; 1 for scores and labels)
-        16    8 value  f64: ε of the scores' Laplace noise, σ of the labels' Gaussian noise; 0 when unset
+        16    8 value  f64: the budget share a centroids round asks for, ε of the scores, σ of the labels' noise; 0 when unset
         24    4 tag    4 bytes of a sha256: φ's fingerprint (centroids, proxy features), or the
                        fingerprint of the message answered (scores, labels); zero when unset
         28    n payload
@@ -199,6 +199,9 @@ class CentroidsMessage:
 
     `tag`: φ's tag (`phi_tag(phi.fingerprint())`) when the cloud knows φ, so the
     client can check that it extracts its features with the same φ.
+    `share`: the part of the client's score budget this round asks for, in (0, 1], when a strategy asks
+    several rounds (`ecos_adaptive`); None: one round, the whole budget. The client decides whether it
+    has that much left (`ECOSClient`), so the cloud can split the client's ε but never enlarge it.
     """
 
     KIND = KIND_CENTROIDS  # not a field
@@ -206,6 +209,7 @@ class CentroidsMessage:
     centroids: np.ndarray  # float32 [R, d]
     radii: np.ndarray | None = None  # float32 [R]
     tag: bytes | None = None
+    share: float | None = None
 
     def __post_init__(self) -> None:
         c = wire_float32(self.centroids, "centroids")
@@ -218,6 +222,11 @@ class CentroidsMessage:
                 raise ECOSInputError(f"radii must be {c.shape[0]} finite non-negative numbers, one per centroid.")
             object.__setattr__(self, "radii", radii)
         object.__setattr__(self, "tag", _check_tag(self.tag))
+        if self.share is not None:
+            share = self.share
+            if isinstance(share, bool) or not isinstance(share, (int, float, np.floating)) or not 0.0 < float(share) <= 1.0:
+                raise ECOSInputError(f"share must be a number in (0, 1], the part of the client's budget a round asks for; got {share!r}.")
+            object.__setattr__(self, "share", float(share))
 
     @property
     def n_centroids(self) -> int:
@@ -235,15 +244,15 @@ class CentroidsMessage:
     def to_bytes(self) -> bytes:
         payload = self.centroids.astype("<f4").tobytes() + (self.radii.astype("<f4").tobytes() if self.radii is not None else b"")
         flags = FLAG_RADII if self.radii is not None else 0
-        return _pack(KIND_CENTROIDS, flags, DTYPE_FLOAT32, self.n_centroids, self.dim, None, self.tag, payload)
+        return _pack(KIND_CENTROIDS, flags, DTYPE_FLOAT32, self.n_centroids, self.dim, self.share, self.tag, payload)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CentroidsMessage":
-        p, values = _unpack(data, KIND_CENTROIDS, DTYPE_FLOAT32, FLAG_RADII | FLAG_TAG)
+        p, values = _unpack(data, KIND_CENTROIDS, DTYPE_FLOAT32, FLAG_RADII | FLAG_TAG | FLAG_VALUE)
         has_radii = bool(p.flags & FLAG_RADII)
         _expect_size("centroids", values, p.r * p.d + (p.r if has_radii else 0), f"R={p.r}, d={p.d}{' with radii' if has_radii else ''}")
         radii = values[p.r * p.d :].copy() if has_radii else None
-        return cls(values[: p.r * p.d].reshape(p.r, p.d).copy(), radii, p.tag)
+        return cls(values[: p.r * p.d].reshape(p.r, p.d).copy(), radii, p.tag, p.value)
 
 
 def _vector_message(cls, data: bytes, kind: int, dtype: int, what: str, per: str, rows: str):

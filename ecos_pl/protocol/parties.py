@@ -17,7 +17,7 @@ from ecos_pl.protocol.compress import PoolClusters, compress
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
-from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
+from ecos_pl.protocol.privacy import DEFAULT_DELTA, NoiseSource, ScoreMechanism
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
 from ecos_pl.protocol.settings import Allocation, Clustering, cloud_settings
@@ -70,6 +70,10 @@ class ECOSClient:
         self.privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta)
         self.epsilon = self.privacy.epsilon
         self.seed = None if seed is None else int(seed)
+        #: one noise stream for every round this client answers (a seeded stream restarted per round would repeat its draws)
+        self._noise = NoiseSource(self.seed)
+        #: the part of its score budget this client has spent; a round asking for more than is left is refused
+        self.spent_share = 0.0
         self.use_radii = use_radii
         self.score_seconds = 0.0
         self.score_macs = 0
@@ -79,11 +83,20 @@ class ECOSClient:
         return self._features.shape[0]
 
     def score(self, message: CentroidsMessage) -> ScoresMessage:
+        """The coverage scores, at the share of this client's budget the round asks for (the whole of it when the
+        message names none); the client keeps the ledger, so rounds together never spend more than its (ε, δ)."""
+        share = 1.0 if message.share is None else message.share
+        if self.privacy.mechanism != "none" and self.spent_share + share > 1.0 + 1e-9:
+            raise ECOSInputError(
+                f"centroids message asks for share {share:g} of this client's score budget, but only "
+                f"{max(0.0, 1.0 - self.spent_share):.4g} is left (ε = {self.epsilon:g} in all); the client does not answer."
+            )
         start = time.perf_counter()
         reply = coverage_scores(
             self._features, message, epsilon=self.epsilon, mechanism=self.privacy.mechanism, delta=self.privacy.delta,
-            seed=self.seed, use_radii=self.use_radii,
+            use_radii=self.use_radii, noise=self._noise,
         )
+        self.spent_share += share
         self.score_seconds += time.perf_counter() - start
         self.score_macs += scoring_macs(self.n_samples, message)
         return reply

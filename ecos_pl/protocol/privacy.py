@@ -123,8 +123,12 @@ class ScoreMechanism:
     mechanism: str = "gaussian"
     epsilon: float | None = 0.58
     delta: float = DEFAULT_DELTA
+    #: the part of the (ε, δ) budget this release spends, when a strategy asks several rounds (`for_share`)
+    share: float = 1.0
 
     def __post_init__(self):
+        if not 0.0 < self.share <= 1.0:
+            raise ECOSInputError(f"share must lie in (0, 1], got {self.share!r}.")
         if self.mechanism not in MECHANISMS:
             raise ECOSInputError(f"mechanism={self.mechanism!r} is not one of: {', '.join(MECHANISMS)}.")
         if self.mechanism == "none":
@@ -144,14 +148,32 @@ class ScoreMechanism:
             return cls("none", None, delta)
         return cls(mechanism or "gaussian", epsilon, delta)
 
+    def for_share(self, share: float) -> "ScoreMechanism":
+        """One of several releases that together spend this mechanism's budget, `share` of it each (shares summing to
+        at most 1). Gaussian: σ/√share, since Gaussian releases of one sensitivity compose exactly into one of
+        σ_total⁻² = Σ σ_t⁻² (shares summing to 1 cost exactly (ε, δ)); Laplace: ε·share (pure ε-DP adds up)."""
+        import dataclasses
+
+        return dataclasses.replace(self, share=float(share))
+
     @property
     def noise_scale(self) -> float:
-        """σ (Gaussian), b = 1/ε (Laplace), 0 (none)."""
+        """σ (Gaussian), b = 1/ε (Laplace), 0 (none), for this release's share of the budget."""
         if self.mechanism == "gaussian":
-            return gaussian_sigma(self.epsilon, self.delta)
+            return gaussian_sigma(self.epsilon, self.delta) / math.sqrt(self.share)
         if self.mechanism == "laplace":
-            return 1.0 / self.epsilon
+            return 1.0 / (self.epsilon * self.share)
         return 0.0
+
+    def release_epsilon(self) -> float | None:
+        """ε at δ of this one release (its share of the budget); the whole ε when share is 1."""
+        if self.mechanism == "none":
+            return None
+        if self.share == 1.0:
+            return self.epsilon
+        if self.mechanism == "laplace":
+            return self.epsilon * self.share
+        return composed_epsilon([self.dp_event()], self.delta, "pld")
 
     @property
     def reported_delta(self) -> float:

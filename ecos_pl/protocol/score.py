@@ -45,6 +45,7 @@ def coverage_scores(
     delta: float = DEFAULT_DELTA,
     seed: int | None = None,
     use_radii: bool = True,
+    noise: NoiseSource | None = None,
 ) -> ScoresMessage:
     """Each client sample votes for its nearest centroid; v_r counts the votes.
 
@@ -52,9 +53,14 @@ def coverage_scores(
     centroid's radius casts no vote: the pool does not cover it. With `epsilon`,
     every count gets the `mechanism`'s noise (Gaussian calibrated to (ε, δ), or
     Laplace(1/ε)) and is clipped at zero (post-processing); `epsilon=None` releases
-    exact counts. `seed=None` draws the noise from the OS's CSPRNG (`privacy.NoiseSource`).
+    exact counts. `seed=None` draws the noise from the OS's CSPRNG (`privacy.NoiseSource`); `noise`: a source
+    that goes on across rounds instead (a client answering several rounds never draws the same noise twice).
+    A centroids message's `share` spends that part of the (ε, δ) budget (`ScoreMechanism.for_share`); the reply
+    carries the ε of this release alone.
     """
     privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta)
+    if message.share is not None and privacy.mechanism != "none":
+        privacy = privacy.for_share(message.share)
     u = unit_rows(client_features, "client_features", dim=message.dim)
     sq_dist, nearest = nearest_centroid(u, check_centroids(message).centroids)
     if (nearest < 0).any():  # faiss's "no neighbour": a distance that is not finite
@@ -63,8 +69,8 @@ def coverage_scores(
     if use_radii and message.radii is not None:
         votes = np.sqrt(np.maximum(sq_dist, 0.0)) <= message.radii[nearest]
     scores = np.bincount(nearest[votes], minlength=message.n_centroids).astype(np.float64)
-    scores = privacy.privatize(scores, NoiseSource(seed))
-    return ScoresMessage(scores.astype(np.float32), privacy.epsilon)
+    scores = privacy.privatize(scores, noise if noise is not None else NoiseSource(seed))
+    return ScoresMessage(scores.astype(np.float32), privacy.release_epsilon())
 
 
 def scoring_macs(n_client: int, message: CentroidsMessage) -> int:

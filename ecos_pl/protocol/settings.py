@@ -151,6 +151,40 @@ class Labelling(_Settings):
         return {"sampling_rate": self.sampling_rate, "screen_sigma": self.screen_sigma, "accountant": self.accountant}
 
 
+@dataclass(frozen=True)
+class Refinement(_Settings):
+    """How many rounds, how many centroids each, which cells are refined, and how the client's ε splits."""
+
+    prefix = "sampler."
+
+    #: Rₜ of every round after the first (round 1 has the clustering's n_centroids); each larger than the one before
+    round_centroids: tuple = (256,)
+    mass: float = 0.8  # q: refine the smallest set of cells holding this fraction of the score mass
+    first_share: float = 0.5  # round 1's share of the client's score budget; later rounds split the rest evenly
+    outside_budget: bool = True  # cells never refined keep their share of the budget (False: only refined cells get any)
+
+    def __post_init__(self):
+        rounds = tuple(self.round_centroids) if not isinstance(self.round_centroids, (int, float)) else (self.round_centroids,)
+        if not rounds:
+            raise ECOSInputError(f"{self.prefix}round_centroids is empty; give Rₜ of at least one round after the first.")
+        for r in rounds:
+            check_count(r, f"{self.prefix}round_centroids", low=2)
+        if list(rounds) != sorted(set(rounds)):
+            raise ECOSInputError(f"{self.prefix}round_centroids must increase from round to round, got {list(rounds)}.")
+        object.__setattr__(self, "round_centroids", tuple(int(r) for r in rounds))
+        check_number(f"{self.prefix}mass", self.mass, low=0.0, high=1.0, low_open=True)
+        check_number(f"{self.prefix}first_share", self.first_share, low=0.0, high=1.0, low_open=True, high_open=True)
+
+    def shares(self) -> list[float]:
+        later = len(self.round_centroids)
+        return [self.first_share] + [(1.0 - self.first_share) / later] * later
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["round_centroids"] = list(self.round_centroids)
+        return d
+
+
 def cloud_settings(settings: dict, clustering: Clustering | None = None, allocation: Allocation | None = None,
                    *, where: str) -> tuple[Clustering, Allocation]:
     """(Clustering, Allocation) from flat keys (as configs give them: `sampler.temperature`, ...) over the given
@@ -169,4 +203,5 @@ def paper() -> tuple[Clustering, Allocation]:
 
 
 #: every settings class, by the name of its Hydra node under `protocol/` (`ecos_pl.conf_store`)
-SETTINGS = {"clustering": Clustering, "allocation": Allocation, "score_privacy": ScorePrivacy, "labelling": Labelling}
+SETTINGS = {"clustering": Clustering, "allocation": Allocation, "refinement": Refinement, "score_privacy": ScorePrivacy,
+            "labelling": Labelling}
