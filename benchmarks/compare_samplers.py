@@ -4,7 +4,8 @@
     uv run python benchmarks/compare_samplers.py seeds=[1] samplers=[ecos,random] budget=200
     uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all scenario=pseudo_label
 
-`seeds=`, `samplers=`, `domains=` (client domains: a list, or `all` of the data's), `one_seed=`
+`seeds=`, `samplers=` (a name, or `name:key=value,...` for a sampler with its own settings, e.g.
+`ecos:n_centroids=192`), `domains=` (client domains: a list, or `all` of the data's), `one_seed=`
 (samplers run on the first seed only), `out=` belong to this script; every other `key=value` is a Hydra override passed to each run.
 The runs are `train.py`'s own (`run_experiment` on the composed config) in this process,
 one after the other. Each writes its results JSON (kept, so an interrupted comparison
@@ -194,8 +195,9 @@ def main(argv: list[str]) -> int:
         where = [] if domain is None else [f"data.client_domain={domain}"]
         for sampler in opts["samplers"]:
             for seed in opts["seeds"][:1] if sampler in opts["one_seed"] else opts["seeds"]:
-                name = f"{sampler}-{domain}-seed{seed}" if domain else f"{sampler}-seed{seed}"
-                kept = run_kept([f"sampler={sampler}", f"seed={seed}", "logger=csv", *where, *overrides], runs_dir / f"{name}.json")
+                spec, file_stem = sampler_overrides(sampler)
+                name = f"{file_stem}-{domain}-seed{seed}" if domain else f"{file_stem}-seed{seed}"
+                kept = run_kept([*spec, f"seed={seed}", "logger=csv", *where, *overrides], runs_dir / f"{name}.json")
                 if kept is None:
                     return 1
                 rows.setdefault(sampler, []).append(kept)
@@ -220,6 +222,15 @@ def main(argv: list[str]) -> int:
 
         print(f"written {write_results(out_dir)}")
     return 0
+
+
+def sampler_overrides(entry: str) -> tuple[list[str], str]:
+    """`ecos` -> ([sampler=ecos], "ecos"); `ecos:n_centroids=192` -> ([sampler=ecos, sampler.n_centroids=192], "ecos@n_centroids192")."""
+    name, _, settings = entry.partition(":")
+    pairs = [kv for kv in settings.split(",") if kv]
+    if any("=" not in kv for kv in pairs):
+        raise SystemExit(f"samplers: {entry!r} must be name or name:key=value,...")
+    return [f"sampler={name}", *(f"sampler.{kv}" for kv in pairs)], name + "".join(f"@{kv.replace('=', '')}" for kv in pairs)
 
 
 def per_domain(rows: dict[str, list[dict]], domains: list[str]) -> str:

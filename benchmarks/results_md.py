@@ -82,10 +82,10 @@ def margin_spread(rows: dict[str, list[dict]], domains: list[str], over: str) ->
     return _spread([ecos[s] - other[s] for s in ecos if s in other])
 
 
-def paired(rows: dict[str, list[dict]], over: str, key: str = "client_test_acc") -> list[tuple[float, float]]:
-    """(ECOS's, `over`'s) `key` for each client domain × seed both ran."""
+def paired(rows: dict[str, list[dict]], over: str, key: str = "client_test_acc", first: str = "ecos") -> list[tuple[float, float]]:
+    """(`first`'s (ECOS's), `over`'s) `key` for each client domain × seed both ran."""
     theirs = {(r.get("client_domain"), r["seed"]): r.get(key) for r in rows.get(over, [])}
-    return [(r[key], theirs[(r.get("client_domain"), r["seed"])]) for r in rows.get("ecos", [])
+    return [(r[key], theirs[(r.get("client_domain"), r["seed"])]) for r in rows.get(first, [])
             if theirs.get((r.get("client_domain"), r["seed"])) is not None and r.get(key) is not None]
 
 
@@ -110,9 +110,9 @@ def bootstrap_ci(diffs, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLE
     return float(lo), float(hi)
 
 
-def paired_ci(rows: dict[str, list[dict]], over: str) -> str:
-    """ECOS − `over`'s 95 % paired-bootstrap interval in points, `[lo, hi]` ("—" for fewer than two pairs)."""
-    ci = bootstrap_ci(100 * (a - b) for a, b in paired(rows, over))
+def paired_ci(rows: dict[str, list[dict]], over: str, first: str = "ecos") -> str:
+    """`first` (ECOS) − `over`'s 95 % paired-bootstrap interval in points, `[lo, hi]` ("—" for fewer than two pairs)."""
+    ci = bootstrap_ci(100 * (a - b) for a, b in paired(rows, over, first=first))
     return "—" if ci is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 

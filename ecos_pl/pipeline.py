@@ -295,7 +295,14 @@ class ProtocolPipeline:
         from ecos_pl.protocol.adaptive import round_epsilons, round_table
 
         table = round_table(selection.diagnostics)
-        if table is None or self.mechanism.mechanism == "none":
+        if table is None:
+            return None
+        data = self.data
+        for r, picks in zip(table, selection.diagnostics["round_selection"]):  # what the cloud would pick had it stopped
+            domains = data.pool.domains[picks[picks >= 0]]
+            r["in_domain_fraction"] = float(np.mean(domains == data.client_domain_index)) if len(domains) else None
+            r["composition_by_domain"] = {name: int((domains == i).sum()) for i, name in enumerate(data.domain_names)}
+        if self.mechanism.mechanism == "none":
             return table
         privacy = round_epsilons(self.mechanism, [r["share"] for r in table])
         for r, eps, sigma in zip(table, privacy["round_epsilon"], privacy["round_sigma"]):

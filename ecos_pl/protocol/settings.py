@@ -153,15 +153,19 @@ class Labelling(_Settings):
 
 @dataclass(frozen=True)
 class Refinement(_Settings):
-    """How many rounds, how many centroids each, which cells are refined, and how the client's ε splits."""
+    """How `ecos_adaptive` asks again: how many rounds, how many centroids each, which cells, how the client's ε splits.
+
+    Defaults chosen on the proxy set's in-domain fraction (the pool's own domain labels: no accuracy, no client
+    split read), seeds 1-3, the default client of digits_lite and of digits5_lite (benchmarks/adaptive_probe.py).
+    """
 
     prefix = "sampler."
 
     #: Rₜ of every round after the first (round 1 has the clustering's n_centroids); each larger than the one before
-    round_centroids: tuple = (256,)
-    mass: float = 0.8  # q: refine the smallest set of cells holding this fraction of the score mass
-    first_share: float = 0.5  # round 1's share of the client's score budget; later rounds split the rest evenly
-    outside_budget: bool = True  # cells never refined keep their share of the budget (False: only refined cells get any)
+    round_centroids: tuple = (128,)
+    mass: float = 0.4  # q: refine the smallest set of cells holding this fraction of the score mass
+    first_share: float = 0.3  # round 1's share of the client's score budget; later rounds split the rest evenly
+    outside_budget: bool = False  # cells never refined keep a share of the budget (False: only refined cells get any)
 
     def __post_init__(self):
         rounds = tuple(self.round_centroids) if not isinstance(self.round_centroids, (int, float)) else (self.round_centroids,)
