@@ -112,3 +112,10 @@ def test_train_py_runs_ecos_adaptive_and_reports_every_round(tiny_run):
     assert [r["noise_sigma"] for r in rounds] == pytest.approx([6.1373 / np.sqrt(0.3), 6.1373 / np.sqrt(0.7)], rel=1e-3)
     assert res["bytes_up"] == sum(r["bytes_up"] for r in rounds) == 4 * (8 + 16) + 2 * HEADER_BYTES
     assert res["n_selected"] == 120
+
+
+def test_a_small_refined_region_is_topped_up_to_the_budget(mixture):
+    """With the budget on refined cells first, a refined region smaller than the budget is filled from the others."""
+    client = ECOSClient(mixture["client"][:40], epsilon=0.58, seed=3)
+    sel = _adaptive(mass=0.05).sample(mixture["pool"], client, 2000, seed=1)
+    assert sel.n_selected == 2000

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,12 +105,24 @@ def fleet_counts(replies: list[ScoresMessage], n_cells: int, cap: float | None) 
 
 def allocate_and_pick(pool: np.ndarray, cells: Cells, budget: int, temperature: float,
                       outside_budget: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """ECOS's selection on the current cells: budget ∝ estimate^(1/τ), k-center inside each cell. `outside_budget=False`:
-    once a region has been refined, cells never refined (under 1 − q of the mass, mostly noise) get none."""
+    """ECOS's selection on the current cells: budget ∝ estimate^(1/τ), k-center inside each cell.
+
+    `outside_budget=False`: once a region has been refined, the budget goes to its cells first; cells never refined
+    (under 1 − q of the mass, mostly noise) get only what the refined cells cannot hold, so the proxy set still has
+    `budget` samples whenever the scored cells do."""
     weights = np.maximum(cells.estimate, 0.0)
-    if not outside_budget and cells.refined.any():
-        weights = np.where(cells.refined, weights, 0.0)
-    allocation = allocate_budget(weights, cells.sizes, budget, temperature)
+    sizes = cells.sizes
+    if outside_budget or not cells.refined.any():
+        allocation = allocate_budget(weights, sizes, budget, temperature)
+    else:
+        inside = np.where(cells.refined, weights, 0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a short first pass is topped up below
+            allocation = allocate_budget(inside, sizes, budget, temperature)
+        short = budget - int(allocation.sum())
+        outside = np.where(cells.refined, 0.0, weights)
+        if short > 0 and outside.sum() > 0:
+            allocation = allocation + allocate_budget(outside, sizes, short, temperature)
     return kcenter_in_clusters(pool, cells.clusters(), allocation), allocation
 
 
