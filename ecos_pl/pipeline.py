@@ -30,10 +30,11 @@ from ecos_pl.data.splits import check_val_fraction, with_validation
 from ecos_pl.progress import logged_stage
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.exchange import InProcessExchange
+from ecos_pl.protocol.labels import LabelRequest
 from ecos_pl.protocol.privacy import check_budget, composed_epsilon
 from ecos_pl.protocol.settings import ScorePrivacy
 from ecos_pl.protocol.store import DamagedSelection, load_selection, save_selection, selection_key
+from ecos_pl.protocol.transport import InProcess, Transport
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class ProtocolPipeline:
     def __init__(self, source, phi, sampler: Sampler, *, budget: int | None = 400, seed: int = 1,
                  score_privacy: ScorePrivacy = ScorePrivacy(), max_epsilon: float | None = None, proxy_labels=None,
                  clients: int = 1, val_fraction: float = 0.0, cache_dir: str | None = None, reuse_selection: bool = True,
-                 cache_features: bool = True, feature_dtype: str = "auto"):
+                 cache_features: bool = True, feature_dtype: str = "auto", transport: Transport | None = None):
+        #: how the strategies' messages reach the clients (`transport=`): the same proxy set on every one
+        self.transport = InProcess() if transport is None else transport
         self.source, self.phi, self.sampler, self.budget, self.seed = source, phi, sampler, budget, int(seed)
         self.score_privacy = score_privacy
         self.mechanism = score_privacy.mechanism_object()
@@ -254,12 +257,12 @@ class ProtocolPipeline:
         t1 = time.perf_counter()
         # the client computes φ of its data once, before it answers (timed apart from the round)
         with logged_stage(log, "the client's φ features"):
-            exchange = InProcessExchange(self.clients()) if self.sampler.asks_clients else None
+            clients = self.clients() if self.sampler.asks_clients else None
         t2 = time.perf_counter()
         budget = self.budget if self.sampler.uses_budget else None
         with logged_stage(log, f"{type(self.sampler).__name__}: choosing the proxy set (k-means, the client's scores, "
-                               "the allocation)"):
-            selection = self.sampler.sample(pool_features, exchange, budget, self.seed)
+                               f"the allocation; transport={self.transport.name})"):
+            selection = self.transport.run(self.sampler, clients, pool_features=pool_features, budget=budget, seed=self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
     def proxy(self, selection: Selection) -> DomainSplit:
@@ -313,15 +316,12 @@ class ProtocolPipeline:
         if self.sampler.trains_on_client:  # the client-data reference trains on the client's own labels
             targets, report = np.asarray(proxy.labels, dtype=np.int64), {}
         else:
-            from ecos_pl.scenarios.labels import LabelRequest
-
             request = LabelRequest(
-                proxy=proxy, proxy_features=lambda: self._label_proxy_features(selection, proxy),
-                exchange=InProcessExchange(self.clients()), seed=self.seed,
+                truth=proxy.labels, proxy_features=lambda: self._label_proxy_features(selection, proxy), seed=self.seed,
                 # what the selection already released about the clients: nothing, or their scores
                 score_releases=[] if selection.bytes_up == 0 else [self.mechanism], max_epsilon=self.max_epsilon,
             )
-            targets, report = self.proxy_labels.assign(request)
+            targets, report = self.transport.run(self.proxy_labels, self.clients(), request=request)
         report["n_trained"] = int((targets >= 0).sum())
         if report["n_trained"] < 2:  # batch-norm cannot train on one sample; nothing can on none
             raise ECOSInputError(

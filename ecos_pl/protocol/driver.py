@@ -64,9 +64,14 @@ MAX_ROUNDS = 1000
 
 
 def run(strategy: Strategy, exchange: Exchange | None, **inputs):
-    """`strategy` over `exchange` from `inputs` to its result, one `send_and_receive` per message it asks for
-    (a None message asks nobody: `aggregate` gets no answers)."""
+    """`strategy` over `exchange` from `inputs` to its result, one `send_and_receive` per message it asks for."""
     message, state = strategy.configure(**inputs)
+    return resume(strategy, exchange, message, state)
+
+
+def resume(strategy: Strategy, exchange: Exchange | None, message, state):
+    """The rounds from `message` (what `configure`, or a program that ran it earlier, made) to the result; a None
+    message asks nobody (`aggregate` gets no answers)."""
     for _ in range(MAX_ROUNDS):
         if message is None:
             answers = Answers()
