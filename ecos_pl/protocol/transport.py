@@ -93,13 +93,15 @@ def _write(path: Path, message) -> Path:
 
 @dataclass
 class Files(Transport):
-    """The programs' message files in `folder` (None: a temporary folder, removed after each round trip)."""
+    """The programs' message files in `folder`/<strategy's name>/ (`folder` None: a temporary folder, removed after
+    the strategy's last round)."""
 
     folder: str | None = None
     name: ClassVar[str] = "files"
 
     def resume(self, strategy, clients, message, state):
+        name = getattr(strategy, "name", type(strategy).__name__)
         if self.folder is not None:
-            return driver.resume(strategy, FilesExchange(clients, Path(self.folder)), message, state)
+            return driver.resume(strategy, FilesExchange(clients, Path(self.folder) / name), message, state)
         with tempfile.TemporaryDirectory(prefix="ecos-messages-") as folder:
-            return driver.resume(strategy, FilesExchange(clients, Path(folder)), message, state)
+            return driver.resume(strategy, FilesExchange(clients, Path(folder) / name), message, state)
