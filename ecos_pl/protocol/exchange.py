@@ -112,6 +112,25 @@ class InProcessExchange(Exchange):
         return answer, time.perf_counter() - start, getattr(client, "score_macs", 0) - before
 
 
+class AnsweredExchange(Exchange):
+    """Answers already in hand (the programs' `select` and `labels`: read from the clients' files), handed back for the
+    one round they answer, so a program finishes a round through the same driver as every other transport."""
+
+    def __init__(self, answers: list) -> None:
+        super().__init__()
+        self.answers = list(answers)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.answers)
+
+    def _deliver(self, message):
+        if self.rounds:
+            raise ECOSInputError(f"the answers given answer one round; the strategy asks another ({type(message).__name__}), "
+                                 "which these files cannot answer.")
+        return self.answers, 0.0, 0
+
+
 def as_exchange(target) -> Exchange:
     """An `Exchange` as is; one client or a list of clients in this process, wrapped in an `InProcessExchange`."""
     if isinstance(target, Exchange):

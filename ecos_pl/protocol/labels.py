@@ -12,7 +12,7 @@ and `aggregate(state, answers) -> (targets, report)`, with no I/O;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -29,15 +29,17 @@ from ecos_pl.protocol.settings import Labelling
 class LabelRequest:
     """What a labeller may look at. The proxy set's features are computed lazily: annotators never need them."""
 
-    #: the proxy set's pool labels (NONE_LABEL: outside the client's classes): what annotators are paid for, and, in a
-    #: simulation, the truth the pseudo-labels' accuracy is reported against
-    truth: np.ndarray
     proxy_features: Callable[[], np.ndarray]  # in the labelling φ, which both sides know
-    seed: int
+    #: the proxy set's pool labels (NONE_LABEL: outside the client's classes): what annotators are paid for, and, in a
+    #: simulation, the truth the pseudo-labels' accuracy is reported against (None: unknown, as to the programs)
+    truth: np.ndarray | None = None
+    seed: int = 0
     #: what the selection already released about the client (`ScoreMechanism`s; none for samplers that ask nothing)
-    score_releases: list
+    score_releases: list = field(default_factory=list)
     #: the client's ε budget for everything it releases (None: no budget)
     max_epsilon: float | None = None
+    #: the tag of the proxy-features message (the labelling φ's; None: untagged)
+    tag: bytes | None = None
 
 
 class ProxyLabels(driver.Strategy):
@@ -120,21 +122,23 @@ class ClientKNNLabels(ProxyLabels):
         """The proxy set's features down, once the whole exchange's ε is within the client's budget."""
         from ecos_pl.protocol.privacy import check_budget
 
-        n_queries = len(request.truth)
+        features = request.proxy_features() if request.truth is None else None  # the truth, when known, counts first
+        n_queries = len(request.truth if features is None else features)
         eps_exchange = self.epsilons(n_queries, request.score_releases)[1]
         check_budget(eps_exchange, request.max_epsilon, f"labelling {n_queries} proxy samples after the scores")
-        down = ProxyFeaturesMessage(request.proxy_features())
+        down = ProxyFeaturesMessage(request.proxy_features() if features is None else features, tag=request.tag)
         return down, (request, down)
 
     def aggregate(self, state, answers):
         request, down = state
-        n_queries = len(request.truth)
+        n_queries = down.n_samples
         eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
         cost = answers.cost
         released = majority([a.labels.astype(np.int64) for a in answers])
         targets = neighbour_vote(down.features, released, self.cloud_vote_k)
         kept = targets >= 0
-        truth = np.asarray(request.truth)
+        known = request.truth is not None
+        truth = np.asarray(request.truth) if known else np.full(n_queries, NONE_LABEL)
         in_class = kept & (truth != NONE_LABEL)
 
         def accuracy(labels):
@@ -145,7 +149,7 @@ class ClientKNNLabels(ProxyLabels):
             "pseudo_label_acc": accuracy(targets),
             "pseudo_label_acc_released": accuracy(released),  # before the cloud's neighbour vote
             "label_cloud_vote_k": self.cloud_vote_k,
-            "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()),
+            "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()) if known else None,
             "labels_dropped": int((~kept).sum()),
             "label_bytes_down": cost.bytes_down,
             "label_bytes_up": cost.bytes_up,
