@@ -25,7 +25,7 @@ import test_cli
 from test_cli import _image_folder, call, ok
 from test_data_sources import write_pngs
 
-from ecos_pl.cli import client, cloud, cloud_state
+from ecos_pl.cli import client, cloud, cloud_compress, cloud_state
 from ecos_pl.cli.common import phi_file_bytes
 from ecos_pl.data.folders import split_folders
 from ecos_pl.phi import TimmFeatures, phi_from_spec
@@ -433,7 +433,7 @@ def test_an_empty_pool_blames_pool_before_any_phi_work(tmp_path, monkeypatch):
     def no_phi(*args):
         raise AssertionError("φ was built for an empty pool")
 
-    monkeypatch.setattr(cloud, "_resolve_phi", no_phi)
+    monkeypatch.setattr(cloud_compress, "_resolve_phi", no_phi)
     start = time.perf_counter()
     refused(cloud.main, "compress", "--pool", tmp_path / "empty", "--centroids", 8, "--out-dir", tmp_path / "out",
             words=["--pool", "holds no images"], folder=tmp_path)

@@ -391,12 +391,12 @@ def test_concat_phi_round_trips_through_a_phi_file_and_refuses_bad_specs(tmp_pat
     from safetensors.torch import load_file, save_file
 
     from ecos_pl.phi import ConcatFeatures, HOGFeatures, PCAPixels, phi_from_spec
-    from ecos_pl.phi_file import load_phi_file
+    from ecos_pl.phi_file import load_phi_file, phi_file_bytes
 
     images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     phi = ConcatFeatures({"style": PCAPixels(8), "shape": HOGFeatures(8)}, weights={"shape": 0.5}).fit(images)
     path = tmp_path / "phi.safetensors"
-    path.write_bytes(phi.to_bytes(16))
+    path.write_bytes(phi_file_bytes(phi, 16))
     back, size = load_phi_file(path)
     assert isinstance(back, ConcatFeatures) and size == 16 and back.fingerprint() == phi.fingerprint()
     np.testing.assert_allclose(back.transform(images), phi.transform(images), rtol=1e-5, atol=1e-6)
