@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, Vali
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, ScorePrivacy, check_number
+from ecos_pl.scenarios.fixmatch import FixMatchSettings  # scenario.fixmatch's schema lives with FixMatch
 
 #: seeds Lightning's seed_everything takes: 0 .. 2**32 - 1
 MAX_SEED = 2**32 - 1
@@ -111,29 +112,6 @@ class TeacherSettings:
 
 #: `scenario.ssl`: how the labelled scenarios train (`ecos_pl.scenarios.fixmatch`)
 SSL_METHODS = ("fixmatch", "none")
-
-
-@dataclass
-class FixMatchSettings:
-    """`scenario.fixmatch` (Sohn et al. 2020), defaults the paper's where it has one; read by `ecos_pl.scenarios.fixmatch`."""
-
-    threshold: float = 0.95          # τ: a pseudo-label counts where the weak view's max softmax is at least this
-    unlabelled_weight: float = 1.0   # λ_u, the unlabelled loss's weight
-    unlabelled_ratio: int = 2        # μ: unlabelled samples per labelled one in a step (the paper's 7 is ~9x slower on CPU)
-    randaugment_ops: int = 2         # torchvision v2.RandAugment's num_ops, on the strong view
-    randaugment_magnitude: int = 9   # and its magnitude, of 31 bins (torchvision's defaults)
-    cutout: float = 0.0              # probability of v2.RandomErasing (Cutout) on the strong view; 0: none
-    hflip: bool = False              # random horizontal flips on every view (digits are not mirror-symmetric)
-
-    def __post_init__(self):
-        _number("scenario.fixmatch.threshold", self.threshold, low=0.0, high=1.0)
-        _number("scenario.fixmatch.unlabelled_weight", self.unlabelled_weight, low=0.0)
-        _whole("scenario.fixmatch.unlabelled_ratio", self.unlabelled_ratio, 1)
-        _whole("scenario.fixmatch.randaugment_ops", self.randaugment_ops, 0)
-        _whole("scenario.fixmatch.randaugment_magnitude", self.randaugment_magnitude, 0)
-        if self.randaugment_magnitude > 30:
-            raise ECOSInputError(f"scenario.fixmatch.randaugment_magnitude must lie in [0, 30], got {self.randaugment_magnitude}.")
-        _number("scenario.fixmatch.cutout", self.cutout, low=0.0, high=1.0)
 
 
 @dataclass

@@ -12,7 +12,8 @@ random-init CNN and PCA-reduced pixels, both style-preserving and offline.
 """
 
 from ecos_pl.phi.backbone import TimmFeatures
-from ecos_pl.phi.base import FeatureExtractor, images_to_tensor
+from ecos_pl.data.loaders import images_to_tensor
+from ecos_pl.phi.base import FeatureExtractor
 from ecos_pl.phi.pca import HOGFeatures, PCAPixels, PCAProjected
 from ecos_pl.phi.registry import PHI_KINDS, PHI_TARGETS, ConcatFeatures, check_phi_spec, phi_from_spec, spec_from_config
 from ecos_pl.phi.spec import check_phi_image_size

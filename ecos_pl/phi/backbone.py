@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ecos_pl.models import ImageClassifier
-from ecos_pl.phi.base import FeatureExtractor, _track, images_to_tensor
+from ecos_pl.data.loaders import images_to_tensor
+from ecos_pl.phi.base import FeatureExtractor, _track
 from ecos_pl.phi.spec import _choice, _first_line, _input_size, _pretrained_label, _stages, _timm_name, _whole, check_phi_image_size
 from ecos_pl.protocol.errors import ECOSInputError
 

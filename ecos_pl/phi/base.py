@@ -12,11 +12,6 @@ from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import l2_normalize
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def _track(steps: range, description: str, progress: bool | None):
     """A rich progress bar over `steps` on long work: large pools take minutes through a backbone.
 
