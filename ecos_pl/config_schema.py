@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
@@ -54,12 +54,12 @@ class ClientBudget:
 
 
 @dataclass
-class RunSettings:
-    """Top-level keys of `train.yaml`."""
+class TrainSettings:
+    """Top-level keys of `train.yaml` (their values are written there, once)."""
 
-    seed: int = 1
-    budget: int = 400
-    n_centroids: int = 128
+    seed: int = MISSING
+    budget: int = MISSING
+    n_centroids: int = MISSING
     clients: int = 1
     results_file: Optional[str] = None
 
@@ -175,7 +175,7 @@ class DataSettings:
 
 #: where each schema reads from in the composed config ("" = the top level)
 SECTIONS: tuple[tuple[str, type], ...] = (
-    ("", RunSettings),
+    ("", TrainSettings),
     ("client", ScorePrivacy),
     ("client", ClientBudget),
     ("datamodule", DataModuleSettings),
@@ -232,6 +232,9 @@ def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str,
             checked[key if key not in checked else f"{key}:{schema.__name__}"] = OmegaConf.to_object(merged)
         except ValidationError as err:
             raise ECOSInputError(_sentence(err, prefix)) from None
+        except MissingMandatoryValue as err:  # a key the config does not set at all (e.g. removed with ~key)
+            key = f"{prefix}.{err.full_key}" if prefix else str(err.full_key)
+            raise ECOSInputError(f"{key} must be set (add {key}=... to the command line).") from None
     _check_trainer(cfg)
     return checked
 

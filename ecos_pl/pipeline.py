@@ -1,6 +1,6 @@
 """The protocol as one plain-Python pipeline (no Lightning): data, φ, features, selection, label round, report.
 
-    pipeline = ProtocolPipeline(source, phi, sampler, budget=400, seed=1, ...)
+    pipeline = ProtocolPipeline(source, phi, sampler, budget=B, seed=1, ...)   # B: train.yaml's `budget`
     pipeline.check_privacy_budget()       # before anything is released
     selection, report = pipeline.select() # the cached artifact, or the protocol run through an exchange
     targets, label_report = pipeline.label(selection)
@@ -86,7 +86,7 @@ class ProtocolReport:
 class ProtocolPipeline:
     """Everything between the data and the proxy set's training split, for one configuration."""
 
-    def __init__(self, source, phi, sampler: Sampler, *, budget: int | None = 400, seed: int = 1,
+    def __init__(self, source, phi, sampler: Sampler, *, budget: int | None, seed: int = 1,
                  score_privacy: ScorePrivacy = ScorePrivacy(), max_epsilon: float | None = None, proxy_labels=None,
                  clients: int = 1, val_fraction: float = 0.0, cache_dir: str | None = None, reuse_selection: bool = True,
                  cache_features: bool = True, feature_dtype: str = "auto", transport: Transport | None = None):
@@ -174,6 +174,11 @@ class ProtocolPipeline:
             return self.pool_features
         return self._pool_features
 
+    @property
+    def sampler_budget(self) -> int | None:
+        """The budget the sampler is given (None for one that takes none)."""
+        return self.sampler.given_budget(self.budget)
+
     @functools.cached_property
     def shards(self) -> list[np.ndarray]:
         return client_shards(len(self.data.client_train), self.n_clients, self.seed)
@@ -208,7 +213,7 @@ class ProtocolPipeline:
         privacy = () if self.score_privacy.epsilon is None else (self.score_privacy.mechanism, self.score_privacy.delta)
         key = selection_key(
             self.data_id, self.fitted_phi().fingerprint(), sampler_spec(self.sampler),
-            self.budget if self.sampler.uses_budget else None, self.seed, self.score_privacy.epsilon, *privacy,
+            self.sampler_budget, self.seed, self.score_privacy.epsilon, *privacy,
             *(() if self.n_clients == 1 else (f"clients:{self.n_clients}",)),
         )
         return Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
@@ -259,7 +264,7 @@ class ProtocolPipeline:
         with logged_stage(log, "the client's φ features"):
             clients = self.clients() if self.sampler.asks_clients else None
         t2 = time.perf_counter()
-        budget = self.budget if self.sampler.uses_budget else None
+        budget = self.sampler_budget
         with logged_stage(log, f"{type(self.sampler).__name__}: choosing the proxy set (k-means, the client's scores, "
                                f"the allocation; transport={self.transport.name})"):
             selection = self.transport.run(self.sampler, clients, pool_features=pool_features, budget=budget, seed=self.seed)

@@ -142,8 +142,7 @@ def simulation_apps(pipeline, out, **server) -> tuple[ServerApp, ClientApp]:
     def load(context: Context):
         return clients[client_index(context)]
 
-    budget = pipeline.budget if pipeline.sampler.uses_budget else None
-    return (server_app(features, pipeline.sampler, budget, pipeline.seed, out, n_clients=pipeline.n_clients, **server),
+    return (server_app(features, pipeline.sampler, pipeline.sampler_budget, pipeline.seed, out, n_clients=pipeline.n_clients, **server),
             client_app(load))
 
 
@@ -160,7 +159,7 @@ def _serve_run_config(grid: Grid, context: Context) -> None:
     _show_ecos_log()
     settings = run_settings(context.run_config)
     p = pipeline(context.run_config)
-    serve(grid, context, p.pool_features, p.sampler, p.budget if p.sampler.uses_budget else None, p.seed,
+    serve(grid, context, p.pool_features, p.sampler, p.sampler_budget, p.seed,
           settings.out, n_clients=settings.clients, min_answers=settings.min_answers, timeout=settings.timeout,
           connect_timeout=settings.connect_timeout, secagg=settings.secagg)
 

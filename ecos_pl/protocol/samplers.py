@@ -100,6 +100,10 @@ class Sampler(driver.Strategy):
         """What determines this sampler's selection besides data, budget and seed (its cache key)."""
         return {}
 
+    def given_budget(self, budget: int | None) -> int | None:
+        """The budget this sampler is given: `budget`, or None for one that takes none (`full`, `local`)."""
+        return budget if self.uses_budget else None
+
     def check_budget(self, budget, pool_size: int) -> int:
         return check_count(budget, "budget", high=pool_size, high_name="the pool size")
 
