@@ -135,7 +135,7 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def _footer(diag: dict, datamodule) -> str:
     s = diag["scalars"]
     eps, noise = s["epsilon"], (datamodule.report.get("score_privacy") or {}).get("mechanism", "added")
-    budget = datamodule.pipeline.budget if datamodule.sampler.uses_budget else None
+    budget = datamodule.pipeline.sampler_budget
     lines = [
         f"sampler={datamodule.selection.sampler}   R={s['n_centroids'] if s['n_centroids'] is not None else '-'}   "
         f"budget={budget if budget is not None else '-'}   selected {s['n_selected']:,} of {s['n_pool']:,} pool samples",

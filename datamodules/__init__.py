@@ -1,3 +1,3 @@
-from datamodules.ecos_datamodule import ECOSDataModule, ImageArrayDataset
+from datamodules.ecos_datamodule import ECOSDataModule, ImageArrayDataset  # noqa: F401 - ImageArrayDataset lives in ecos_pl.data.loaders
 
 __all__ = ["ECOSDataModule", "ImageArrayDataset"]

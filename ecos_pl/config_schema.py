@@ -18,11 +18,12 @@ from dataclasses import dataclass, fields
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, Refinement, ScorePrivacy, check_number
+from ecos_pl.scenarios.fixmatch import FixMatchSettings  # scenario.fixmatch's schema lives with FixMatch
 
 #: seeds Lightning's seed_everything takes: 0 .. 2**32 - 1
 MAX_SEED = 2**32 - 1
@@ -53,12 +54,12 @@ class ClientBudget:
 
 
 @dataclass
-class RunSettings:
-    """Top-level keys of `train.yaml`."""
+class TrainSettings:
+    """Top-level keys of `train.yaml` (their values are written there, once)."""
 
-    seed: int = 1
-    budget: int = 400
-    n_centroids: int = 128
+    seed: int = MISSING
+    budget: int = MISSING
+    n_centroids: int = MISSING
     clients: int = 1
     results_file: Optional[str] = None
 
@@ -111,29 +112,6 @@ class TeacherSettings:
 
 #: `scenario.ssl`: how the labelled scenarios train (`ecos_pl.scenarios.fixmatch`)
 SSL_METHODS = ("fixmatch", "none")
-
-
-@dataclass
-class FixMatchSettings:
-    """`scenario.fixmatch` (Sohn et al. 2020), defaults the paper's where it has one; read by `ecos_pl.scenarios.fixmatch`."""
-
-    threshold: float = 0.95          # τ: a pseudo-label counts where the weak view's max softmax is at least this
-    unlabelled_weight: float = 1.0   # λ_u, the unlabelled loss's weight
-    unlabelled_ratio: int = 2        # μ: unlabelled samples per labelled one in a step (the paper's 7 is ~9x slower on CPU)
-    randaugment_ops: int = 2         # torchvision v2.RandAugment's num_ops, on the strong view
-    randaugment_magnitude: int = 9   # and its magnitude, of 31 bins (torchvision's defaults)
-    cutout: float = 0.0              # probability of v2.RandomErasing (Cutout) on the strong view; 0: none
-    hflip: bool = False              # random horizontal flips on every view (digits are not mirror-symmetric)
-
-    def __post_init__(self):
-        _number("scenario.fixmatch.threshold", self.threshold, low=0.0, high=1.0)
-        _number("scenario.fixmatch.unlabelled_weight", self.unlabelled_weight, low=0.0)
-        _whole("scenario.fixmatch.unlabelled_ratio", self.unlabelled_ratio, 1)
-        _whole("scenario.fixmatch.randaugment_ops", self.randaugment_ops, 0)
-        _whole("scenario.fixmatch.randaugment_magnitude", self.randaugment_magnitude, 0)
-        if self.randaugment_magnitude > 30:
-            raise ECOSInputError(f"scenario.fixmatch.randaugment_magnitude must lie in [0, 30], got {self.randaugment_magnitude}.")
-        _number("scenario.fixmatch.cutout", self.cutout, low=0.0, high=1.0)
 
 
 @dataclass
@@ -197,7 +175,7 @@ class DataSettings:
 
 #: where each schema reads from in the composed config ("" = the top level)
 SECTIONS: tuple[tuple[str, type], ...] = (
-    ("", RunSettings),
+    ("", TrainSettings),
     ("client", ScorePrivacy),
     ("client", ClientBudget),
     ("datamodule", DataModuleSettings),
@@ -255,6 +233,9 @@ def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str,
             checked[key if key not in checked else f"{key}:{schema.__name__}"] = OmegaConf.to_object(merged)
         except ValidationError as err:
             raise ECOSInputError(_sentence(err, prefix)) from None
+        except MissingMandatoryValue as err:  # a key the config does not set at all (e.g. removed with ~key)
+            key = f"{prefix}.{err.full_key}" if prefix else str(err.full_key)
+            raise ECOSInputError(f"{key} must be set (add {key}=... to the command line).") from None
     _check_trainer(cfg)
     return checked
 

@@ -260,7 +260,7 @@ def _run(cfg: DictConfig) -> dict:
         "data": cfg.data.name,
         "client_domain": data.client_domain,
         "seed": int(cfg.seed),
-        "budget": int(cfg.budget) if sampler.uses_budget else None,
+        "budget": sampler.given_budget(int(cfg.budget)),
         "client_test_acc": float(tested[0]["test/acc"]),
         "client_val_acc": float(validated[0]["val/acc"]) if validated else None,
         "teacher_test_acc": extra.pop("teacher_test_acc", None),

@@ -226,7 +226,7 @@ def _blocks(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
 
 
 def _progress(items, description: str, progress: bool | None):
-    from ecos_pl.phi import _track
+    from ecos_pl.phi.base import _track
 
     return _track(items, description, progress)
 

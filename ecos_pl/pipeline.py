@@ -1,6 +1,6 @@
 """The protocol as one plain-Python pipeline (no Lightning): data, φ, features, selection, label round, report.
 
-    pipeline = ProtocolPipeline(source, phi, sampler, budget=400, seed=1, ...)
+    pipeline = ProtocolPipeline(source, phi, sampler, budget=B, seed=1, ...)   # B: train.yaml's `budget`
     pipeline.check_privacy_budget()       # before anything is released
     selection, report = pipeline.select() # the cached artifact, or the protocol run through an exchange
     targets, label_report = pipeline.label(selection)
@@ -30,10 +30,11 @@ from ecos_pl.data.splits import check_val_fraction, with_validation
 from ecos_pl.progress import logged_stage
 from ecos_pl.protocol import ECOSClient, Sampler, Selection
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.exchange import InProcessExchange
+from ecos_pl.protocol.labels import LabelRequest
 from ecos_pl.protocol.privacy import check_budget, composed_epsilon
 from ecos_pl.protocol.settings import ScorePrivacy
 from ecos_pl.protocol.store import DamagedSelection, load_selection, save_selection, selection_key
+from ecos_pl.protocol.transport import InProcess, Transport
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,12 @@ class ProtocolReport:
 class ProtocolPipeline:
     """Everything between the data and the proxy set's training split, for one configuration."""
 
-    def __init__(self, source, phi, sampler: Sampler, *, budget: int | None = 400, seed: int = 1,
+    def __init__(self, source, phi, sampler: Sampler, *, budget: int | None, seed: int = 1,
                  score_privacy: ScorePrivacy = ScorePrivacy(), max_epsilon: float | None = None, proxy_labels=None,
                  clients: int = 1, val_fraction: float = 0.0, cache_dir: str | None = None, reuse_selection: bool = True,
-                 cache_features: bool = True, feature_dtype: str = "auto"):
+                 cache_features: bool = True, feature_dtype: str = "auto", transport: Transport | None = None):
+        #: how the strategies' messages reach the clients (`transport=`): the same proxy set on every one
+        self.transport = InProcess() if transport is None else transport
         self.source, self.phi, self.sampler, self.budget, self.seed = source, phi, sampler, budget, int(seed)
         self.score_privacy = score_privacy
         self.mechanism = score_privacy.mechanism_object()
@@ -173,6 +176,11 @@ class ProtocolPipeline:
             return self.pool_features
         return self._pool_features
 
+    @property
+    def sampler_budget(self) -> int | None:
+        """The budget the sampler is given (None for one that takes none)."""
+        return self.sampler.given_budget(self.budget)
+
     @functools.cached_property
     def shards(self) -> list[np.ndarray]:
         return client_shards(len(self.data.client_train), self.n_clients, self.seed)
@@ -207,7 +215,7 @@ class ProtocolPipeline:
         privacy = () if self.score_privacy.epsilon is None else (self.score_privacy.mechanism, self.score_privacy.delta)
         key = selection_key(
             self.data_id, self.fitted_phi().fingerprint(), sampler_spec(self.sampler),
-            self.budget if self.sampler.uses_budget else None, self.seed, self.score_privacy.epsilon, *privacy,
+            self.sampler_budget, self.seed, self.score_privacy.epsilon, *privacy,
             *(() if self.n_clients == 1 else (f"clients:{self.n_clients}",)),
         )
         return Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
@@ -256,12 +264,12 @@ class ProtocolPipeline:
         t1 = time.perf_counter()
         # the client computes φ of its data once, before it answers (timed apart from the round)
         with logged_stage(log, "the client's φ features"):
-            exchange = InProcessExchange(self.clients()) if self.sampler.asks_clients else None
+            clients = self.clients() if self.sampler.asks_clients else None
         t2 = time.perf_counter()
-        budget = self.budget if self.sampler.uses_budget else None
+        budget = self.sampler_budget
         with logged_stage(log, f"{type(self.sampler).__name__}: choosing the proxy set (k-means, the client's scores, "
-                               "the allocation)"):
-            selection = self.sampler.sample(pool_features, exchange, budget, self.seed)
+                               f"the allocation; transport={self.transport.name})"):
+            selection = self.transport.run(self.sampler, clients, pool_features=pool_features, budget=budget, seed=self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
     def proxy(self, selection: Selection) -> DomainSplit:
@@ -337,15 +345,12 @@ class ProtocolPipeline:
         if self.sampler.trains_on_client:  # the client-data reference trains on the client's own labels
             targets, report = np.asarray(proxy.labels, dtype=np.int64), {}
         else:
-            from ecos_pl.scenarios.labels import LabelRequest
-
             request = LabelRequest(
-                proxy=proxy, proxy_features=lambda: self._label_proxy_features(selection, proxy),
-                exchange=InProcessExchange(self.clients()), seed=self.seed,
+                truth=proxy.labels, proxy_features=lambda: self._label_proxy_features(selection, proxy), seed=self.seed,
                 # what the selection already released about the clients: nothing, or their scores
                 score_releases=[] if selection.bytes_up == 0 else [self.mechanism], max_epsilon=self.max_epsilon,
             )
-            targets, report = self.proxy_labels.assign(request)
+            targets, report = self.transport.run(self.proxy_labels, self.clients(), request=request)
         report["n_trained"] = int((targets >= 0).sum())
         if report["n_trained"] < 2:  # batch-norm cannot train on one sample; nothing can on none
             raise ECOSInputError(

@@ -110,7 +110,7 @@ def test_pipeline_with_two_clients_sums_their_scores_and_labels_through_the_exch
     from ecos_pl.phi import HOGFeatures, PCAPixels
     from ecos_pl.pipeline import ProtocolPipeline, client_shards
     from ecos_pl.protocol.settings import ScorePrivacy
-    from ecos_pl.scenarios.labels import ClientKNNLabels
+    from ecos_pl.protocol.labels import ClientKNNLabels
 
     def pipeline(clients):
         return ProtocolPipeline(

@@ -25,7 +25,7 @@ import test_cli
 from test_cli import _image_folder, call, ok
 from test_data_sources import write_pngs
 
-from ecos_pl.cli import client, cloud
+from ecos_pl.cli import client, cloud, cloud_compress, cloud_state
 from ecos_pl.cli.common import phi_file_bytes
 from ecos_pl.data.folders import split_folders
 from ecos_pl.phi import TimmFeatures, phi_from_spec
@@ -414,7 +414,7 @@ def test_a_newline_in_a_file_name_survives_the_pool_list(tree, tmp_path):
     assert '"b/y/new\\nline.png"' in (tmp_path / "pool.txt").read_text().splitlines()
     ok(cloud.main, "compress", "--pool", tree, "--pool-list", tmp_path / "pool.txt", "--phi", "pca", "--image-size", 8,
        "--centroids", 3, "--out-dir", tmp_path / "cloud")
-    assert "b/y/new\nline.png" in cloud.load_state(tmp_path / "cloud").pool_paths
+    assert "b/y/new\nline.png" in cloud_state.load_state(tmp_path / "cloud").pool_paths
     rc, _, err = call(cloud.main, "compress", "--pool", tree, "--phi", "pca", "--image-size", 8, "--centroids", 3, "--out-dir", tmp_path / "all")
     assert rc == 0 and "loop.png" in err and "not valid UTF-8" in err
 
@@ -433,7 +433,7 @@ def test_an_empty_pool_blames_pool_before_any_phi_work(tmp_path, monkeypatch):
     def no_phi(*args):
         raise AssertionError("φ was built for an empty pool")
 
-    monkeypatch.setattr(cloud, "_resolve_phi", no_phi)
+    monkeypatch.setattr(cloud_compress, "_resolve_phi", no_phi)
     start = time.perf_counter()
     refused(cloud.main, "compress", "--pool", tmp_path / "empty", "--centroids", 8, "--out-dir", tmp_path / "out",
             words=["--pool", "holds no images"], folder=tmp_path)

@@ -10,7 +10,7 @@ from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.label import CLOUD_VOTE_K, PseudoLabeller, knn_votes, label_epsilon, neighbour_vote, noisy_argmax
 from ecos_pl.protocol.messages import HEADER_BYTES, LabelsMessage, ProxyFeaturesMessage
 from ecos_pl.protocol.privacy import laplace_epsilon
-from ecos_pl.scenarios.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
+from ecos_pl.protocol.labels import AnnotatorLabels, ClientKNNLabels, LabelRequest
 
 
 def two_blobs(n=200, d=8, seed=0):
@@ -106,15 +106,13 @@ def _request(proxy_labels, feats=None, labels=None, queries=None, settings=None)
     from ecos_pl.protocol import ECOSClient
     from ecos_pl.protocol.exchange import InProcessExchange
 
-    n = len(proxy_labels)
-    proxy = DomainSplit(np.zeros((n, 4, 4, 3), np.uint8), np.asarray(proxy_labels), np.zeros(n, np.int64))
     client = ECOSClient(np.ones((1, 2), np.float32), labeller=None if feats is None else (
         lambda: PseudoLabeller.from_settings(feats, labels, 2, settings, seed=0)))
-    return LabelRequest(proxy=proxy, proxy_features=lambda: queries, exchange=InProcessExchange([client]), seed=0, score_releases=[])
+    return LabelRequest(truth=np.asarray(proxy_labels), proxy_features=lambda: queries, seed=0, score_releases=[]), InProcessExchange([client])
 
 
 def test_annotators_drop_none_and_count_every_label_bought():
-    targets, report = AnnotatorLabels().assign(_request([0, 1, NONE_LABEL, 1, NONE_LABEL]))
+    targets, report = AnnotatorLabels().assign(*_request([0, 1, NONE_LABEL, 1, NONE_LABEL]))
     np.testing.assert_array_equal(targets, [0, 1, -1, 1, -1])
     assert report == {"labels_bought": 5, "labels_none": 2}
 
@@ -122,7 +120,7 @@ def test_annotators_drop_none_and_count_every_label_bought():
 def test_client_knn_labels_report_accuracy_drops_bytes_and_epsilon():
     feats, labels, queries, q_labels = two_blobs()
     labeller = ClientKNNLabels(k=7, sigma=1.0, threshold=0.5, sampling_rate=1.0)
-    targets, report = labeller.assign(_request(q_labels, feats, labels, queries, labeller.settings))
+    targets, report = labeller.assign(*_request(q_labels, feats, labels, queries, labeller.settings))
     assert report["pseudo_label_acc"] > 0.9
     assert report["labels_dropped"] == int((targets < 0).sum())
     assert report["label_bytes_down"] == HEADER_BYTES + 4 * queries.size
@@ -149,8 +147,8 @@ def test_client_knn_labels_cloud_vote_reports_both_accuracies():
     feats, labels, queries, q_labels = two_blobs()
     plain = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0, cloud_vote_k=0)  # noisy enough to be wrong at times
     voted = ClientKNNLabels(k=7, sigma=8.0, threshold=None, sampling_rate=1.0)  # the default: CLOUD_VOTE_K
-    _, before = plain.assign(_request(q_labels, feats, labels, queries, plain.settings))
-    _, after = voted.assign(_request(q_labels, feats, labels, queries, voted.settings))
+    _, before = plain.assign(*_request(q_labels, feats, labels, queries, plain.settings))
+    _, after = voted.assign(*_request(q_labels, feats, labels, queries, voted.settings))
     assert after["pseudo_label_acc_released"] == before["pseudo_label_acc"] < 1.0
     assert after["pseudo_label_acc"] > before["pseudo_label_acc"]
     assert after["label_epsilon"] == before["label_epsilon"]  # post-processing costs no privacy
@@ -393,12 +391,12 @@ def test_concat_phi_round_trips_through_a_phi_file_and_refuses_bad_specs(tmp_pat
     from safetensors.torch import load_file, save_file
 
     from ecos_pl.phi import ConcatFeatures, HOGFeatures, PCAPixels, phi_from_spec
-    from ecos_pl.phi_file import load_phi_file
+    from ecos_pl.phi_file import load_phi_file, phi_file_bytes
 
     images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     phi = ConcatFeatures({"style": PCAPixels(8), "shape": HOGFeatures(8)}, weights={"shape": 0.5}).fit(images)
     path = tmp_path / "phi.safetensors"
-    path.write_bytes(phi.to_bytes(16))
+    path.write_bytes(phi_file_bytes(phi, 16))
     back, size = load_phi_file(path)
     assert isinstance(back, ConcatFeatures) and size == 16 and back.fingerprint() == phi.fingerprint()
     np.testing.assert_allclose(back.transform(images), phi.transform(images), rtol=1e-5, atol=1e-6)

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-#: label of an out-of-class sample (ECOS.md's "none"): it belongs to no class of the client.
-NONE_LABEL = -1
+#: label of an out-of-class sample (ECOS.md's "none"): it belongs to no class of the client (the protocol's no-label)
+from ecos_pl.protocol.messages import NONE_LABEL  # noqa: F401,E402
 
 
 @dataclass

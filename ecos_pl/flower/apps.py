@@ -1,4 +1,4 @@
-"""The Flower apps: a ClientApp answering ECOS messages with its `ECOSClient`, a ServerApp running the sampler.
+"""The Flower apps: a ClientApp answering ECOS messages with its `ECOSClient`, a ServerApp running the sampler's driver.
 
     client_app(load_client)   load_client(context) -> ECOSClient, called once per client and process; it answers
                               `query.ecos` (plain answers) and `train` under `secaggplus_mod` (SecAgg+)
@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, FlowerExchange, encode
 from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap, secagg_reply
+from ecos_pl.protocol import driver
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.messages import parse_message
 
@@ -96,7 +97,8 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 def serve(grid: Grid, context: Context, pool_features, sampler, budget, seed, out, *, n_clients: int,
           min_answers: int | None = None, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 60.0,
           secagg: dict | None = None) -> dict:
-    """The cloud's run: wait for `n_clients` nodes, `sampler.sample` through a `FlowerExchange` (or, with `secagg`,
+    """The cloud's run: wait for `n_clients` nodes, the sampler run by the driver (`ecos_pl.protocol.driver`, as every
+    transport runs it) through a `FlowerExchange` (or, with `secagg`,
     SecAggExchange's keywords, a `SecAggExchange`), write the proxy set; its summary.
 
     `min_answers` (default: all `n_clients`) is the fewest answers the round goes on with."""
@@ -109,7 +111,7 @@ def serve(grid: Grid, context: Context, pool_features, sampler, budget, seed, ou
         exchange = FlowerExchange(grid, nodes, min_answers=fewest, timeout=timeout)
     else:
         exchange = SecAggExchange(grid, context, nodes, min_answers=fewest, timeout=timeout, **secagg)
-    selection = sampler.sample(pool_features, exchange, budget, seed)
+    selection = driver.run(sampler, exchange, pool_features=pool_features, budget=budget, seed=seed)
     answered = exchange.rounds[-1].n_clients
     epsilons = exchange.client_epsilons[-1] if secagg is not None else None
     summary = write_proxy_set(selection, out, n_clients=answered, secagg=secagg is not None,
@@ -140,8 +142,7 @@ def simulation_apps(pipeline, out, **server) -> tuple[ServerApp, ClientApp]:
     def load(context: Context):
         return clients[client_index(context)]
 
-    budget = pipeline.budget if pipeline.sampler.uses_budget else None
-    return (server_app(features, pipeline.sampler, budget, pipeline.seed, out, n_clients=pipeline.n_clients, **server),
+    return (server_app(features, pipeline.sampler, pipeline.sampler_budget, pipeline.seed, out, n_clients=pipeline.n_clients, **server),
             client_app(load))
 
 
@@ -158,7 +159,7 @@ def _serve_run_config(grid: Grid, context: Context) -> None:
     _show_ecos_log()
     settings = run_settings(context.run_config)
     p = pipeline(context.run_config)
-    serve(grid, context, p.pool_features, p.sampler, p.budget if p.sampler.uses_budget else None, p.seed,
+    serve(grid, context, p.pool_features, p.sampler, p.sampler_budget, p.seed,
           settings.out, n_clients=settings.clients, min_answers=settings.min_answers, timeout=settings.timeout,
           connect_timeout=settings.connect_timeout, secagg=settings.secagg)
 

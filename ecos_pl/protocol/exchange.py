@@ -97,13 +97,38 @@ class InProcessExchange(Exchange):
 
     def _deliver(self, message):
         answers, seconds, macs = [], 0.0, 0
-        for client in self.clients:
-            before = getattr(client, "score_macs", 0)
-            start = time.perf_counter()
-            answers.append(client.handle(message))
-            seconds += time.perf_counter() - start
-            macs += getattr(client, "score_macs", 0) - before
+        for i in range(len(self.clients)):
+            answer, s, m = self.ask(i, message)
+            answers.append(answer)
+            seconds, macs = seconds + s, macs + m
         return answers, seconds, macs
+
+    def ask(self, i: int, message) -> tuple[object, float, int]:
+        """(client `i`'s answer to `message`, its seconds, its multiply-adds)."""
+        client = self.clients[i]
+        before = getattr(client, "score_macs", 0)
+        start = time.perf_counter()
+        answer = client.handle(message)
+        return answer, time.perf_counter() - start, getattr(client, "score_macs", 0) - before
+
+
+class AnsweredExchange(Exchange):
+    """Answers already in hand (the programs' `select` and `labels`: read from the clients' files), handed back for the
+    one round they answer, so a program finishes a round through the same driver as every other transport."""
+
+    def __init__(self, answers: list) -> None:
+        super().__init__()
+        self.answers = list(answers)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.answers)
+
+    def _deliver(self, message):
+        if self.rounds:
+            raise ECOSInputError(f"the answers given answer one round; the strategy asks another ({type(message).__name__}), "
+                                 "which these files cannot answer.")
+        return self.answers, 0.0, 0
 
 
 def as_exchange(target) -> Exchange:

@@ -39,6 +39,9 @@ import numpy as np
 
 from ecos_pl.protocol.errors import ECOSInputError, check_epsilon, check_scores
 
+#: a label that is none: a client's abstention in a `LabelsMessage`, a target not trained on, a pool sample outside
+#: the client's classes (`ecos_pl.data.base`)
+NONE_LABEL = -1
 MAGIC = b"ECOS"
 SCHEMA_VERSION = 2
 KIND_CENTROIDS = 1

@@ -1,27 +1,29 @@
-"""Every sampler answers one call, `sample(pool_features, exchange, budget, seed) -> Selection`.
+"""The samplers: each is a cloud strategy (`ecos_pl.protocol.driver`), `configure` then `aggregate`, with no I/O.
 
-A sampler is the cloud's strategy: it never holds a client, it sends messages
-through an `Exchange` and aggregates the answers (`ecos_pl.protocol.exchange`), so
-what each one learns about the clients is explicit: `ecos` their R scores each, the
-baselines nothing, `oracle_central` (a privacy-violating reference) every feature.
-The same strategy runs in process (`InProcessExchange`) or between the programs
-(the messages as files). Passing clients instead of an exchange wraps them in an
-`InProcessExchange`.
+    message, state = sampler.configure(pool_features=..., budget=..., seed=...)   # None: it asks the clients nothing
+    selection = sampler.aggregate(state, answers)                                  # a `Selection`
+
+`driver.run(sampler, exchange, ...)` runs the two halves over any `Exchange` (in process, the
+programs' message files, Flower), so what each one learns about the clients is explicit: `ecos`
+their R scores each, the baselines nothing, `oracle_central` (a privacy-violating reference)
+every feature. `sampler.sample(pool_features, exchange, budget, seed)` is that run in one call;
+passing clients instead of an exchange wraps them in an `InProcessExchange`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
+from ecos_pl.protocol import driver
 from ecos_pl.protocol.compress import use_gpu_default
 from ecos_pl.protocol.errors import check_count
-from ecos_pl.protocol.exchange import Exchange, FeaturesRequest, Round, as_exchange
+from ecos_pl.protocol.exchange import FeaturesRequest, Round, as_exchange
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import ScoresMessage
 from ecos_pl.protocol.parties import ECOSCloud
@@ -49,7 +51,19 @@ class Selection:
         return int(len(self.indices))
 
 
-class Sampler(ABC):
+@dataclass
+class Task:
+    """A sampler's state between its halves: the pool, the budget, the seed, and what `configure` made."""
+
+    pool_features: np.ndarray
+    budget: int | None
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+    #: ECOS's cloud (`ECOSCloud`) once the pool is compressed
+    cloud: ECOSCloud | None = None
+
+
+class Sampler(driver.Strategy):
     name: ClassVar[str]
     uses_budget: ClassVar[bool] = True
     #: the client-data reference: training uses the client's own labelled split instead of any pool sample
@@ -58,17 +72,37 @@ class Sampler(ABC):
     releases_features: ClassVar[bool] = False
     #: whether it sends the clients anything (the baselines learn nothing from them)
     asks_clients: ClassVar[bool] = False
+    #: whether its rows are unit-normalised and its budget checked against the pool before anything else
+    checks_pool: ClassVar[bool] = True
 
     def sample(self, pool_features: np.ndarray, exchange, budget: int | None, seed: int) -> Selection:
-        """Indices into the pool; deterministic for a given seed. `exchange`: an `Exchange`, or clients in this process."""
-        return self._sample(pool_features, as_exchange(exchange), budget, seed)
+        """`driver.run` in one call: indices into the pool, deterministic for a given seed. `exchange`: an
+        `Exchange`, or clients in this process (None where the sampler asks the clients nothing)."""
+        exchange = as_exchange(exchange) if self.asks_clients else None
+        return driver.run(self, exchange, pool_features=pool_features, budget=budget, seed=seed)
+
+    def configure(self, *, pool_features: np.ndarray, budget: int | None, seed: int):
+        """(the message to the clients or None, the `Task` that `aggregate` gets back); checks come first."""
+        if self.checks_pool:
+            pool_features = unit_rows(pool_features, "pool_features")
+            budget = self.check_budget(budget, len(pool_features))
+        task = Task(pool_features, budget, int(seed))
+        return self.first_message(task), task
+
+    def first_message(self, task: Task):
+        """What the clients are sent (None: nothing)."""
+        return None
 
     @abstractmethod
-    def _sample(self, pool_features: np.ndarray, exchange: Exchange, budget: int | None, seed: int) -> Selection: ...
+    def aggregate(self, state: Task, answers: driver.Answers) -> Selection: ...
 
     def settings(self) -> dict:
         """What determines this sampler's selection besides data, budget and seed (its cache key)."""
         return {}
+
+    def given_budget(self, budget: int | None) -> int | None:
+        """The budget this sampler is given: `budget`, or None for one that takes none (`full`, `local`)."""
+        return budget if self.uses_budget else None
 
     def check_budget(self, budget, pool_size: int) -> int:
         return check_count(budget, "budget", high=pool_size, high_name="the pool size")
@@ -95,18 +129,21 @@ class ECOSSampler(Sampler):
         """The cloud's side of the round, before anything is sent (the programs save it between their steps)."""
         return ECOSCloud(pool_features, self.clustering, self.allocation, seed=seed)
 
-    def _sample(self, pool_features, exchange, budget, seed):
-        pool_features = unit_rows(pool_features, "pool_features")  # ECOSCloud then takes it as is, no second copy
-        budget = self.check_budget(budget, len(pool_features))
-        cloud = self.cloud(pool_features, seed)
+    def first_message(self, task):
+        task.cloud = self.cloud(task.pool_features, task.seed)  # ECOSCloud takes the unit rows as they are, no copy
         t0 = time.perf_counter()
-        down = cloud.compress()
+        down = task.cloud.compress()
+        task.timings["compress"] = time.perf_counter() - t0
+        return down if self.asks_clients else None
+
+    def aggregate(self, state, answers):
+        cloud = state.cloud
+        down = cloud.message
+        replies = list(answers) if self.asks_clients else [ScoresMessage(np.ones(down.n_centroids, dtype=np.float32))]
+        cost = answers.cost or Round("none", 0, 0, 0)
+        t0 = time.perf_counter()
+        indices = cloud.select(replies, state.budget)
         t1 = time.perf_counter()
-        replies = exchange.send_and_receive(down) if self.asks_clients else [ScoresMessage(np.ones(down.n_centroids, dtype=np.float32))]
-        cost = exchange.rounds[-1] if self.asks_clients else Round("none", 0, 0, 0)
-        t2 = time.perf_counter()
-        indices = cloud.select(replies, budget)
-        t3 = time.perf_counter()
         diagnostics = {
             "allocation": cloud.allocation.copy(),
             "cluster_sizes": cloud.clusters.sizes.copy(),
@@ -120,7 +157,7 @@ class ECOSSampler(Sampler):
             sampler=self.name,
             bytes_down=cost.bytes_down,
             bytes_up=cost.bytes_up,
-            timings={"compress": t1 - t0, "score": cost.client_seconds, "select": t3 - t2},
+            timings={"compress": state.timings.get("compress", 0.0), "score": cost.client_seconds, "select": t1 - t0},
             client_macs=cost.client_macs,
             n_centroids=down.n_centroids,
             epsilon=epsilons.pop() if self.asks_clients and len(epsilons) == 1 else None,
@@ -133,11 +170,15 @@ class RandomSampler(Sampler):
 
     name = "random"
 
-    def _sample(self, pool_features, exchange, budget, seed):
-        n = len(pool_features)
-        budget = self.check_budget(budget, n)
+    checks_pool = False  # any features will do: only their number is used
+
+    def configure(self, *, pool_features, budget, seed):
+        return None, Task(pool_features, self.check_budget(budget, len(pool_features)), int(seed))
+
+    def aggregate(self, state, answers):
         t0 = time.perf_counter()
-        indices = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False)).astype(np.int64)
+        n, budget = len(state.pool_features), state.budget
+        indices = np.sort(np.random.default_rng(state.seed).choice(n, size=budget, replace=False)).astype(np.int64)
         return Selection(indices=indices, sampler=self.name, timings={"select": time.perf_counter() - t0})
 
 
@@ -146,9 +187,10 @@ class FullSampler(Sampler):
 
     name = "full"
     uses_budget = False
+    checks_pool = False
 
-    def _sample(self, pool_features, exchange, budget, seed):
-        return Selection(indices=np.arange(len(pool_features), dtype=np.int64), sampler=self.name)
+    def aggregate(self, state, answers):
+        return Selection(indices=np.arange(len(state.pool_features), dtype=np.int64), sampler=self.name)
 
 
 class UniformClusterSampler(ECOSSampler):
@@ -166,12 +208,10 @@ class KCenterSampler(Sampler):
 
     name = "kcenter"
 
-    def _sample(self, pool_features, exchange, budget, seed):
-        pool_features = unit_rows(pool_features, "pool_features")
-        budget = self.check_budget(budget, len(pool_features))
+    def aggregate(self, state, answers):
         t0 = time.perf_counter()
-        first = int(np.random.default_rng(seed).integers(len(pool_features)))
-        indices = np.sort(kcenter_greedy(pool_features, budget, first))
+        first = int(np.random.default_rng(state.seed).integers(len(state.pool_features)))
+        indices = np.sort(kcenter_greedy(state.pool_features, state.budget, first))
         return Selection(indices=indices, sampler=self.name, timings={"select": time.perf_counter() - t0})
 
 
@@ -194,14 +234,15 @@ class OracleCentralSampler(Sampler):
     def settings(self) -> dict:
         return {"oversample": self.oversample}
 
-    def _sample(self, pool_features, exchange, budget, seed):
+    def first_message(self, task):
+        return FeaturesRequest()
+
+    def aggregate(self, state, answers):
         import faiss
 
-        pool_features = unit_rows(pool_features, "pool_features")
-        n = len(pool_features)
-        budget = self.check_budget(budget, n)
-        uploaded = np.concatenate([u.features for u in exchange.send_and_receive(FeaturesRequest())])
-        cost = exchange.rounds[-1]
+        pool_features, budget, n = state.pool_features, state.budget, len(state.pool_features)
+        uploaded = np.concatenate([u.features for u in answers])
+        cost = answers.cost
         t0 = time.perf_counter()
         index = faiss.IndexFlatL2(pool_features.shape[1])
         if use_gpu_default():
@@ -236,8 +277,9 @@ class LocalReference(Sampler):
     uses_budget = False
     trains_on_client = True
     releases_features = True  # the cloud is handed the client's own data
+    checks_pool = False
 
-    def _sample(self, pool_features, exchange, budget, seed):
+    def aggregate(self, state, answers):
         return Selection(indices=np.zeros(0, dtype=np.int64), sampler=self.name)
 
 

@@ -17,14 +17,42 @@ each loader worker from it), so the same seed gives the same numbers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ecos_pl.config_schema import FixMatchSettings
 from ecos_pl.data.base import DomainSplit
+from ecos_pl.data.loaders import ImageArrayDataset, make_loader
+from ecos_pl.protocol.errors import ECOSInputError, check_count
+from ecos_pl.protocol.settings import check_number
 from ecos_pl.scenarios.base import SupervisedModule, pad_and_crop
+
+
+@dataclass
+class FixMatchSettings:
+    """`scenario.fixmatch` (Sohn et al. 2020), defaults the paper's where it has one; read by `ecos_pl.scenarios.fixmatch`."""
+
+    threshold: float = 0.95          # τ: a pseudo-label counts where the weak view's max softmax is at least this
+    unlabelled_weight: float = 1.0   # λ_u, the unlabelled loss's weight
+    unlabelled_ratio: int = 2        # μ: unlabelled samples per labelled one in a step (the paper's 7 is ~9x slower on CPU)
+    randaugment_ops: int = 2         # torchvision v2.RandAugment's num_ops, on the strong view
+    randaugment_magnitude: int = 9   # and its magnitude, of 31 bins (torchvision's defaults)
+    cutout: float = 0.0              # probability of v2.RandomErasing (Cutout) on the strong view; 0: none
+    hflip: bool = False              # random horizontal flips on every view (digits are not mirror-symmetric)
+
+    def __post_init__(self):
+        check_number("scenario.fixmatch.threshold", self.threshold, low=0.0, high=1.0)
+        check_number("scenario.fixmatch.unlabelled_weight", self.unlabelled_weight, low=0.0)
+        check_count(self.unlabelled_ratio, "scenario.fixmatch.unlabelled_ratio", low=1)
+        check_count(self.randaugment_ops, "scenario.fixmatch.randaugment_ops", low=0)
+        check_count(self.randaugment_magnitude, "scenario.fixmatch.randaugment_magnitude", low=0)
+        if self.randaugment_magnitude > 30:
+            raise ECOSInputError(f"scenario.fixmatch.randaugment_magnitude must lie in [0, 30], got {self.randaugment_magnitude}.")
+        check_number("scenario.fixmatch.cutout", self.cutout, low=0.0, high=1.0)
+
 
 
 def fixmatch_unlabelled_loss(strong_logits: torch.Tensor, weak_logits: torch.Tensor, threshold: float):
@@ -130,7 +158,6 @@ class FixMatchData:
         """
         from pytorch_lightning.utilities import CombinedLoader
 
-        from datamodules.ecos_datamodule import ImageArrayDataset, make_loader
         from ecos_pl.protocol.errors import ECOSInputError
         from ecos_pl.unlabelled import unlabelled_indices, unlabelled_report
 

@@ -17,7 +17,7 @@ from ecos_pl.scenarios.scenario import Scenario
 
 def fixmatch_settings(cfg):
     """`scenario.fixmatch` as `FixMatchSettings` (range-checked), or None when `scenario.ssl` is not fixmatch."""
-    from ecos_pl.config_schema import FixMatchSettings
+    from ecos_pl.scenarios.fixmatch import FixMatchSettings
 
     if cfg.scenario.get("ssl", "none") != "fixmatch":
         return None

@@ -1,26 +1,27 @@
-"""Where the proxy set's training targets come from: the one thing, besides the loss, that tells scenarios apart.
+"""The label round: where the proxy set's training targets come from, as cloud strategies (`ecos_pl.protocol.driver`).
 
 `compression` needs no labels (the teacher's outputs are its targets), so it has
-no `ProxyLabels`. `pseudo_label` asks the client (`ClientKNNLabels`: k-NN noisy
-max, one extra round of messages); `label_outsourcing` buys them from annotators
-(`AnnotatorLabels`, simulated by the pool's ground truth). A target of -1 means
-"no label" and the sample is left out of training.
+no `ProxyLabels`. `pseudo_label` asks the clients (`ClientKNNLabels`: the proxy
+set's features down, k-NN noisy-max labels up, one round); `label_outsourcing`
+buys them from annotators (`AnnotatorLabels`, simulated by the pool's ground
+truth: no round at all). A target of -1 means "no label" and the sample is left
+out of training. Each is `configure(request=...) -> (message or None, state)`
+and `aggregate(state, answers) -> (targets, report)`, with no I/O;
+`labeller.assign(request, exchange)` is `driver.run` in one call.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from ecos_pl.data.base import NONE_LABEL, DomainSplit
-from ecos_pl.phi import FeatureExtractor
+from ecos_pl.protocol import driver
 from ecos_pl.protocol.errors import check_count
-from ecos_pl.protocol.exchange import Exchange
+from ecos_pl.protocol.exchange import as_exchange
 from ecos_pl.protocol.label import CLOUD_VOTE_K, PseudoLabeller, content_keys, label_epsilon, neighbour_vote
-from ecos_pl.protocol.messages import ProxyFeaturesMessage
+from ecos_pl.protocol.messages import NONE_LABEL, ProxyFeaturesMessage
 from ecos_pl.protocol.settings import Labelling
 
 
@@ -28,22 +29,30 @@ from ecos_pl.protocol.settings import Labelling
 class LabelRequest:
     """What a labeller may look at. The proxy set's features are computed lazily: annotators never need them."""
 
-    proxy: DomainSplit  # the proxy set (its `labels` are the pool's ground truth: simulation only)
     proxy_features: Callable[[], np.ndarray]  # in the labelling φ, which both sides know
-    exchange: Exchange  # the clients, reached only through messages
-    seed: int
+    #: the proxy set's pool labels (NONE_LABEL: outside the client's classes): what annotators are paid for, and, in a
+    #: simulation, the truth the pseudo-labels' accuracy is reported against (None: unknown, as to the programs)
+    truth: np.ndarray | None = None
+    seed: int = 0
     #: what the selection already released about the client (`ScoreMechanism`s; none for samplers that ask nothing)
-    score_releases: list
+    score_releases: list = field(default_factory=list)
     #: the client's ε budget for everything it releases (None: no budget)
     max_epsilon: float | None = None
+    #: the tag of the proxy-features message (the labelling φ's; None: untagged)
+    tag: bytes | None = None
 
 
-class ProxyLabels(ABC):
+class ProxyLabels(driver.Strategy):
     name: str
 
-    @abstractmethod
-    def assign(self, request: LabelRequest) -> tuple[np.ndarray, dict]:
-        """(targets [len(proxy)], with -1 = not trained on; results to report, each key named with the labeller's prefix)."""
+    def configure(self, *, request: LabelRequest):
+        """(the message to the clients or None, the state `aggregate` gets back)."""
+        return None, request
+
+    def assign(self, request: LabelRequest, exchange=None) -> tuple[np.ndarray, dict]:
+        """(targets [len(proxy)], with -1 = not trained on; results to report, each key named with the labeller's
+        prefix): `driver.run` over `exchange` (an `Exchange`, or clients in this process)."""
+        return driver.run(self, None if exchange is None else as_exchange(exchange), request=request)
 
 
 class AnnotatorLabels(ProxyLabels):
@@ -51,8 +60,8 @@ class AnnotatorLabels(ProxyLabels):
 
     name = "annotators"
 
-    def assign(self, request):
-        targets = np.asarray(request.proxy.labels, dtype=np.int64).copy()
+    def aggregate(self, state, answers):
+        targets = np.asarray(state.truth, dtype=np.int64).copy()
         none = targets == NONE_LABEL
         targets[none] = -1
         return targets, {"labels_bought": int(len(targets)), "labels_none": int(none.sum())}
@@ -81,7 +90,7 @@ class ClientKNNLabels(ProxyLabels):
 
     name = "client_knn"
 
-    def __init__(self, phi: FeatureExtractor | None = None, settings: Labelling | None = None, *, cloud_vote_k: int = CLOUD_VOTE_K,
+    def __init__(self, phi=None, settings: Labelling | None = None, *, cloud_vote_k: int = CLOUD_VOTE_K,
                  **fields):
         """`cloud_vote_k` > 0: the cloud then re-votes each label among that many nearest labelled proxy samples
         (`neighbour_vote`, post-processing of the released labels); 0: the client's labels as they came."""
@@ -90,7 +99,7 @@ class ClientKNNLabels(ProxyLabels):
         self.settings = settings or Labelling.from_mapping(fields)
         self._fitted = False
 
-    def fitted_phi(self, pool_images: np.ndarray) -> FeatureExtractor:
+    def fitted_phi(self, pool_images: np.ndarray):
         """The labelling φ, fitted by the cloud on its pool once (the client receives it fitted)."""
         if not self._fitted:
             self.phi.fit(pool_images)
@@ -103,25 +112,33 @@ class ClientKNNLabels(ProxyLabels):
         return (label_epsilon(s.sigma, n_queries, s.delta, **s.accounting),
                 label_epsilon(s.sigma, n_queries, s.delta, score_releases, **s.accounting))
 
-    def client_labeller(self, split: DomainSplit, data, *, seed: int, protocol_phi: FeatureExtractor) -> PseudoLabeller:
+    def client_labeller(self, split, data, *, seed: int, protocol_phi) -> PseudoLabeller:
         """The client's side: its labelled images in the labelling φ (keyed by their pixels, so order does not matter)."""
         phi = protocol_phi if self.phi is None else self.fitted_phi(data.pool.images)
         return PseudoLabeller.from_settings(phi.transform(split.images), split.labels, data.num_classes, self.settings,
                                             seed=seed, sample_keys=content_keys(split.images))
 
-    def assign(self, request):
+    def configure(self, *, request):
+        """The proxy set's features down, once the whole exchange's ε is within the client's budget."""
         from ecos_pl.protocol.privacy import check_budget
 
-        n_queries = len(request.proxy)
-        eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
+        features = request.proxy_features() if request.truth is None else None  # the truth, when known, counts first
+        n_queries = len(request.truth if features is None else features)
+        eps_exchange = self.epsilons(n_queries, request.score_releases)[1]
         check_budget(eps_exchange, request.max_epsilon, f"labelling {n_queries} proxy samples after the scores")
-        down = ProxyFeaturesMessage(request.proxy_features())
-        answers = request.exchange.send_and_receive(down)
-        cost = request.exchange.rounds[-1]
+        down = ProxyFeaturesMessage(request.proxy_features() if features is None else features, tag=request.tag)
+        return down, (request, down)
+
+    def aggregate(self, state, answers):
+        request, down = state
+        n_queries = down.n_samples
+        eps_labels, eps_exchange = self.epsilons(n_queries, request.score_releases)
+        cost = answers.cost
         released = majority([a.labels.astype(np.int64) for a in answers])
         targets = neighbour_vote(down.features, released, self.cloud_vote_k)
         kept = targets >= 0
-        truth = np.asarray(request.proxy.labels)
+        known = request.truth is not None
+        truth = np.asarray(request.truth) if known else np.full(n_queries, NONE_LABEL)
         in_class = kept & (truth != NONE_LABEL)
 
         def accuracy(labels):
@@ -132,7 +149,7 @@ class ClientKNNLabels(ProxyLabels):
             "pseudo_label_acc": accuracy(targets),
             "pseudo_label_acc_released": accuracy(released),  # before the cloud's neighbour vote
             "label_cloud_vote_k": self.cloud_vote_k,
-            "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()),
+            "pseudo_label_out_of_class": int((kept & (truth == NONE_LABEL)).sum()) if known else None,
             "labels_dropped": int((~kept).sum()),
             "label_bytes_down": cost.bytes_down,
             "label_bytes_up": cost.bytes_up,
