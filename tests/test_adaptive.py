@@ -119,3 +119,18 @@ def test_a_small_refined_region_is_topped_up_to_the_budget(mixture):
     client = ECOSClient(mixture["client"][:40], epsilon=0.58, seed=3)
     sel = _adaptive(mass=0.05).sample(mixture["pool"], client, 2000, seed=1)
     assert sel.n_selected == 2000
+
+
+def test_the_rounds_travel_as_the_programs_message_files(tmp_path, mixture):
+    """The same driver carries every round over files: the share is in each centroids file, the selection the same."""
+    from ecos_pl.protocol.messages import parse_message
+    from ecos_pl.protocol.transport import FilesExchange
+
+    def client():
+        return ECOSClient(mixture["client"], epsilon=0.58, seed=4)
+
+    via_files = _adaptive().sample(mixture["pool"], FilesExchange([client()], tmp_path), 150, seed=1)
+    in_process = _adaptive().sample(mixture["pool"], client(), 150, seed=1)
+    np.testing.assert_array_equal(via_files.indices, in_process.indices)
+    shares = [parse_message((tmp_path / f"round-{t}" / "centroids.ecos").read_bytes(), CentroidsMessage).share for t in (0, 1)]
+    assert shares == pytest.approx([0.3, 0.7])

@@ -22,17 +22,17 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ecos_pl.protocol.compress import PoolClusters, compress, nearest_centroid
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.exchange import Exchange
+from ecos_pl.protocol import driver
 from ecos_pl.protocol.features import unit_rows
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
 from ecos_pl.protocol.parties import cap_client_scores
-from ecos_pl.protocol.samplers import ECOSSampler, Selection
+from ecos_pl.protocol.samplers import ECOSSampler, Selection, Task
 from ecos_pl.protocol.select import allocate_budget, kcenter_in_clusters
 from ecos_pl.protocol.settings import Refinement, cloud_settings
 
@@ -126,10 +126,23 @@ def allocate_and_pick(pool: np.ndarray, cells: Cells, budget: int, temperature: 
     return kcenter_in_clusters(pool, cells.clusters(), allocation), allocation
 
 
+@dataclass
+class RoundsTask(Task):
+    """`ecos_adaptive`'s state between rounds: the current cells, and what each round cost and would have picked."""
+
+    cells: Cells | None = None
+    tag: bytes | None = None
+    refined: int = 0
+    rounds: list = field(default_factory=list)
+    picks: list = field(default_factory=list)
+
+
 class AdaptiveECOSSampler(ECOSSampler):
-    """`sampler=ecos_adaptive`: ECOS asked over several rounds, each finer where the last answers point."""
+    """`sampler=ecos_adaptive`: ECOS asked over several rounds, each finer where the last answers point; `aggregate`
+    returns `driver.Ask` with the next round's centroids until the last round, so the one driver runs it."""
 
     name = "ecos_adaptive"
+    task_type = RoundsTask
 
     def __init__(self, clustering=None, allocation=None, refinement: Refinement | None = None, **settings):
         names = {f.name for f in dataclasses.fields(Refinement)}
@@ -153,41 +166,48 @@ class AdaptiveECOSSampler(ECOSSampler):
         """Σₜ Rₜ: the centroids the client answers over all rounds (one-round ECOS with as many uploads as much)."""
         return self.clustering.n_centroids + sum(self.refinement.round_centroids)
 
-    def _sample(self, pool_features, exchange: Exchange, budget, seed):
-        pool = unit_rows(pool_features, "pool_features")
-        budget = self.check_budget(budget, len(pool))
-        c, a = self.clustering, self.allocation
-        shares = self.refinement.shares()
-        sizes = [c.n_centroids, *self.refinement.round_centroids]
+    def first_message(self, task: RoundsTask) -> CentroidsMessage:
+        """Round 1: ECOS's compression at R₁, asking for round 1's share of the client's budget."""
+        c = self.clustering
         t0 = time.perf_counter()
-        message, clusters = compress(pool, c.n_centroids, seed=seed, niter=c.niter, max_points_per_centroid=c.max_points_per_centroid)
+        message, clusters = compress(task.pool_features, c.n_centroids, seed=task.seed, niter=c.niter,
+                                     max_points_per_centroid=c.max_points_per_centroid)
         r1 = len(message.centroids)
-        cells = Cells(message.centroids, clusters.assignments, clusters.sq_distances, np.zeros(r1), np.zeros(r1),
-                      np.zeros(r1, dtype=bool))
-        timings = {"compress": time.perf_counter() - t0, "score": 0.0, "select": 0.0}
-        rounds, picks = [], []
-        for t, (share, r_t) in enumerate(zip(shares, sizes)):
-            if t:
-                t0 = time.perf_counter()
-                refined = cells_to_refine(cells.estimate, self.refinement.mass)
-                cells = refine(pool, cells, refined, r_t, seed=seed + 7919 * t, niter=c.niter,
-                               max_points_per_centroid=c.max_points_per_centroid)
-                timings["compress"] += time.perf_counter() - t0
-            down = CentroidsMessage(cells.centroids, tag=message.tag, share=share)
-            replies = exchange.send_and_receive(down)
-            cost = exchange.rounds[-1]
-            timings["score"] += cost.client_seconds
+        task.cells = Cells(message.centroids, clusters.assignments, clusters.sq_distances, np.zeros(r1), np.zeros(r1),
+                           np.zeros(r1, dtype=bool))
+        task.tag = message.tag
+        task.timings.update(compress=time.perf_counter() - t0, score=0.0, select=0.0)
+        return CentroidsMessage(task.cells.centroids, tag=task.tag, share=self.refinement.shares()[0])
+
+    def aggregate(self, state, answers: driver.Answers):
+        """Fold this round's answers in; then ask the next, finer round, or select on the finest cells reached."""
+        task, a, shares = state, self.allocation, self.refinement.shares()
+        t, cells, cost = len(task.rounds), state.cells, answers.cost
+        task.timings["score"] += cost.client_seconds
+        t0 = time.perf_counter()
+        cells.measure(fleet_counts(list(answers), len(cells.centroids), a.client_cap), shares[t])
+        indices, allocation = allocate_and_pick(task.pool_features, cells, task.budget, a.temperature, self.refinement.outside_budget)
+        task.timings["select"] += time.perf_counter() - t0
+        task.picks.append(indices)
+        epsilons = {reply.epsilon for reply in answers}
+        task.rounds.append({"n_centroids": len(cells.centroids), "share": shares[t], "refined": task.refined,
+                            "epsilon": epsilons.pop() if len(epsilons) == 1 else np.nan,
+                            "bytes_down": cost.bytes_down, "bytes_up": cost.bytes_up, "client_macs": cost.client_macs})
+        if t + 1 < len(shares):
+            c = self.clustering
             t0 = time.perf_counter()
-            cells.measure(fleet_counts(replies, len(cells.centroids), a.client_cap), share)
-            indices, allocation = allocate_and_pick(pool, cells, budget, a.temperature, self.refinement.outside_budget)
-            timings["select"] += time.perf_counter() - t0
-            picks.append(indices)
-            epsilons = {reply.epsilon for reply in replies}
-            rounds.append({"n_centroids": len(cells.centroids), "share": share, "refined": 0 if not t else len(refined),
-                           "epsilon": epsilons.pop() if len(epsilons) == 1 else np.nan,
-                           "bytes_down": cost.bytes_down, "bytes_up": cost.bytes_up, "client_macs": cost.client_macs})
-        padded = np.full((len(picks), budget), -1, dtype=np.int64)
-        for t, p in enumerate(picks):
+            refined = cells_to_refine(cells.estimate, self.refinement.mass)
+            task.cells = refine(task.pool_features, cells, refined, self.refinement.round_centroids[t], seed=task.seed + 7919 * (t + 1),
+                                niter=c.niter, max_points_per_centroid=c.max_points_per_centroid)
+            task.refined = len(refined)
+            task.timings["compress"] += time.perf_counter() - t0
+            return driver.Ask(CentroidsMessage(task.cells.centroids, tag=task.tag, share=shares[t + 1]), task)
+        return self._selection(task, allocation)
+
+    def _selection(self, task: RoundsTask, allocation: np.ndarray) -> Selection:
+        rounds, cells = task.rounds, task.cells
+        padded = np.full((len(task.picks), task.budget), -1, dtype=np.int64)
+        for t, p in enumerate(task.picks):
             padded[t, : len(p)] = p
         diagnostics = {
             "allocation": allocation, "cluster_sizes": cells.sizes, "assignments": cells.assignments.copy(),
@@ -195,9 +215,9 @@ class AdaptiveECOSSampler(ECOSSampler):
             **{f"round_{key}": np.asarray([r[key] for r in rounds]) for key in rounds[0]},
         }
         return Selection(
-            indices=picks[-1], sampler=self.name,
+            indices=task.picks[-1], sampler=self.name,
             bytes_down=sum(r["bytes_down"] for r in rounds), bytes_up=sum(r["bytes_up"] for r in rounds),
-            timings=timings, client_macs=sum(r["client_macs"] for r in rounds), n_centroids=len(cells.centroids),
+            timings=dict(task.timings), client_macs=sum(r["client_macs"] for r in rounds), n_centroids=len(cells.centroids),
             epsilon=None, diagnostics=diagnostics,
         )
 

@@ -74,6 +74,8 @@ class Sampler(driver.Strategy):
     asks_clients: ClassVar[bool] = False
     #: whether its rows are unit-normalised and its budget checked against the pool before anything else
     checks_pool: ClassVar[bool] = True
+    #: the state `configure` hands to `aggregate` (a strategy of several rounds keeps more)
+    task_type: ClassVar[type] = Task
 
     def sample(self, pool_features: np.ndarray, exchange, budget: int | None, seed: int) -> Selection:
         """`driver.run` in one call: indices into the pool, deterministic for a given seed. `exchange`: an
@@ -86,7 +88,7 @@ class Sampler(driver.Strategy):
         if self.checks_pool:
             pool_features = unit_rows(pool_features, "pool_features")
             budget = self.check_budget(budget, len(pool_features))
-        task = Task(pool_features, budget, int(seed))
+        task = self.task_type(pool_features, budget, int(seed))
         return self.first_message(task), task
 
     def first_message(self, task: Task):
