@@ -163,7 +163,7 @@ class Refinement(_Settings):
 
     #: Rₜ of every round after the first (round 1 has the clustering's n_centroids); each larger than the one before
     round_centroids: tuple = (128,)
-    mass: float = 0.4  # q: refine the smallest set of cells holding this fraction of the score mass
+    mass: float = 0.5  # q: refine the smallest set of cells holding this fraction of the score mass
     first_share: float = 0.3  # round 1's share of the client's score budget; later rounds split the rest evenly
     outside_budget: bool = False  # cells never refined keep a share of the budget (False: only refined cells get any)
 
