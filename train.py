@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float | None:
         from ecos_pl.interrupt import stop_on_signals
 
         with stop_on_signals("train.py"):  # SIGTERM/SIGINT: exit 143/130 and one line saying where, never 0
-            results = run_experiment(cfg)
+            results = run_experiment(cfg, validated=True)  # checked above, once
     if rank_zero_only.rank != 0:  # under DDP only rank zero reports
         return results["client_val_acc"]
     Console().print(results_table(results))

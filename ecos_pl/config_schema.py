@@ -21,6 +21,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from ecos_pl.data.images import check_image_size
 from ecos_pl.protocol.errors import ECOSInputError, check_count
 from ecos_pl.protocol.settings import Allocation, Clustering, Labelling, Refinement, ScorePrivacy, check_number
 from ecos_pl.scenarios.fixmatch import FixMatchSettings  # scenario.fixmatch's schema lives with FixMatch
@@ -164,9 +165,7 @@ class DataSettings:
     def __post_init__(self):
         _whole("data.max_image_pixels", self.max_image_pixels, 1)
         _number("data.val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
-        _whole("data.image_size", self.image_size, 8)
-        if self.image_size > 512:
-            raise ECOSInputError(f"data.image_size must lie in [8, 512], got {self.image_size}.")
+        check_image_size(self.image_size)  # the bounds every decoder and φ file share (ecos_pl.data.images)
         _number("data.client_fraction", self.client_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
         _number("data.test_fraction", self.test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.max_per_domain is not None:

@@ -162,11 +162,12 @@ def training_steps(cfg: DictConfig, world_size: int = 1) -> int | None:
     return int(cfg.scenario.epochs) * batches
 
 
-def run_experiment(cfg: DictConfig) -> dict:
-    """One job: its W&B run is finished when it ends, so each job of a sweep (`-m seed=1,2`) logs into its own."""
+def run_experiment(cfg: DictConfig, *, validated: bool = False) -> dict:
+    """One job: its W&B run is finished when it ends, so each job of a sweep (`-m seed=1,2`) logs into its own.
+    `validated`: the caller has run `validate_config` on this config already (train.py, before its heavy imports)."""
     try:
         with _pixel_limit(cfg):
-            return _run(cfg)
+            return _run(cfg, validated)
     finally:
         close_loggers()
 
@@ -213,8 +214,9 @@ def probe_trainer(cfg: DictConfig) -> pl.Trainer:
         raise ECOSInputError(f"the trainer cannot run here ({keys}): {one_line(cause).rstrip('.')}.") from None
 
 
-def _run(cfg: DictConfig) -> dict:
-    validate_config(cfg)  # types and ranges, before anything is built
+def _run(cfg: DictConfig, validated: bool = False) -> dict:
+    if not validated:
+        validate_config(cfg)  # types and ranges, before anything is built
     pin_cpu_kernels(cfg.get("cpu_kernels", "native"))  # before torch's first CPU operation in a fresh process
     check_backbones(cfg)
     world_size = probe_trainer(cfg).world_size  # the hardware, before any data are built
