@@ -132,3 +132,19 @@ def test_label_privacy_labels_the_configured_proxy_set_with_the_configured_setti
     assert (row["k"], row["sigma"], row["sampling_rate"], row["threshold"]) == (10, 4.0, 0.2, 0.3)
     assert report["budget"] == 120 and 0.0 < row["kept"] <= 1.0 and 0.0 <= row["label_acc"] <= 1.0
     assert row["exchange_epsilon"] > report["scores"]["epsilon"]  # the labels cost privacy on top of the scores
+
+
+def test_kept_runs_are_keyed_by_what_changes_results():
+    """The in-process transport and a moved label class leave a kept run's hash as it was; another transport does not."""
+    import compare_samplers as cs
+
+    base = ["sampler=ecos", "seed=1", "scenario=pseudo_label", "debug=smoke"]
+    assert cs.config_sha1(base) == cs.config_sha1([*base, "transport=inprocess"])
+    assert cs.config_sha1(base) != cs.config_sha1([*base, "transport=files"])
+    assert cs.config_sha1(base) != cs.config_sha1([*base, "seed=2"])
+    from omegaconf import OmegaConf
+
+    from ecos_pl.compose import train_config
+
+    text = OmegaConf.to_yaml(cs.without_in_process_transport(train_config(*base)))
+    assert "transport" not in text and "ecos_pl.protocol.labels." in text
