@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 export ECOS_CPU_LOCK="${ECOS_CPU_LOCK:-/tmp/ecos.lock}"
 cs() { uv run python benchmarks/compare_samplers.py data=digits5_lite domains=all seeds=[1,2,3] "$@"; }
 main4=samplers=[ecos,random,kcenter,uniform_cluster]
+# 0. the ablation on the default client (3 seeds; it reuses the 5-seed label_outsourcing runs)
+uv run python benchmarks/ablation.py --seeds 1 2 3
 # 1. compression, DomainNet layout (the default): every client domain, the four samplers, then the ceilings on seed 1
 cs scenario=compression "$main4"
 cs scenario=compression samplers=[ecos,random,kcenter,uniform_cluster,full,oracle_central,local] one_seed=[full,oracle_central,local]
-# 2. the ablation on the default client (5 seeds)
-uv run python benchmarks/ablation.py
 # 3. pseudo_label at the paper's budget B = 3000 within its ε ≤ 5.4 (PLD), with the Private-kNN setting chosen on public
 #    data (benchmarks/label_privacy.py --public --seeds 1 --accountant pld --max-epsilon 5.4 budget=3000)
 uv run python benchmarks/compare_samplers.py data=digits5_lite scenario=pseudo_label budget=3000 scenario.labels.accountant=pld \
