@@ -99,6 +99,15 @@ def pipeline(run_config: dict):
     return hydra.utils.instantiate(train_config(run_settings(run_config).overrides).datamodule.pipeline)
 
 
+def asked_privacy(run_config: dict):
+    """The privacy the cloud's run config asks the devices for (train.py's `client.mechanism/epsilon/delta` under its
+    overrides), as a `ScoreMechanism`; a device checks it against its own floor and may refuse it."""
+    from ecos_pl.protocol.settings import ScorePrivacy
+
+    client = train_config(run_settings(run_config).overrides).client
+    return ScorePrivacy(mechanism=client.mechanism, epsilon=client.epsilon, delta=client.delta).mechanism_object()
+
+
 def default_run_config() -> dict:
     """pyproject.toml's `[tool.flwr.app.config]`, flattened as Flower hands it to the apps."""
     from flwr.common.config import flatten_dict, get_project_config

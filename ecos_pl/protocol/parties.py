@@ -16,7 +16,7 @@ import numpy as np
 from ecos_pl.protocol.compress import PoolClusters, compress
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
-from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
+from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage, answer_tag
 from ecos_pl.protocol.privacy import DEFAULT_DELTA, ScoreMechanism
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
@@ -62,8 +62,11 @@ class ECOSClient:
     """Holds the private features; answers a centroids message with coverage scores and nothing else."""
 
     def __init__(self, features: np.ndarray, *, epsilon: float | None = None, mechanism: str = "gaussian",
-                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True, labeller=None):
+                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True, labeller=None,
+                 phi_tag: bytes | None = None):
         self._features = unit_rows(features, "client_features")
+        #: the tag of the φ its features come from (a device with its own φ file): centroids of another φ are refused
+        self.phi_tag = phi_tag
         #: answers a `ProxyFeaturesMessage` (pseudo_label): a `PseudoLabeller`, or a callable building one on first use
         self._labeller = labeller
         #: how the scores are privatised; `epsilon=None`: exact counts. `seed=None`: noise from the OS's CSPRNG
@@ -79,6 +82,9 @@ class ECOSClient:
         return self._features.shape[0]
 
     def score(self, message: CentroidsMessage) -> ScoresMessage:
+        if self.phi_tag is not None and message.tag is not None and message.tag != self.phi_tag:
+            raise ECOSInputError(f"the centroids message was computed with another φ (tag {message.tag.hex()}) than this "
+                                 f"device's phi file (tag {self.phi_tag.hex()}); fetch the φ file that came with it.")
         start = time.perf_counter()
         reply = coverage_scores(
             self._features, message, epsilon=self.epsilon, mechanism=self.privacy.mechanism, delta=self.privacy.delta,
@@ -86,7 +92,7 @@ class ECOSClient:
         )
         self.score_seconds += time.perf_counter() - start
         self.score_macs += scoring_macs(self.n_samples, message)
-        return reply
+        return ScoresMessage(reply.scores, reply.epsilon, tag=answer_tag(message))  # which centroids it answers
 
     def upload_features(self) -> np.ndarray:
         """Privacy-violating reference only (`oracle_central`): hands over every client feature."""
