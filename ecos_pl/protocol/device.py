@@ -150,3 +150,66 @@ def read_device_features(images: Path, phi_path: Path) -> tuple[np.ndarray, byte
         raise ECOSInputError(f"{IMAGES} {root} in the node config is not a folder.")
     decoded, _ = decode_images(root, list_images(root, IMAGES), image_size, IMAGES)
     return unit_rows(phi.transform(decoded), f"{IMAGES} {root} features"), phi_tag(phi.fingerprint())
+
+
+# ---------------------------------------------------------------------- how a device bounds and noises its counts
+
+NOISES, UNITS = ("local", "distributed"), ("sample", "device")
+
+
+def check_fleet_noise(noise: str, unit: str, clip_norm: float, min_answers: int) -> None:
+    if noise not in NOISES:
+        raise ECOSInputError(f"client.noise={noise!r} is not one of: {', '.join(NOISES)}.")
+    if unit not in UNITS:
+        raise ECOSInputError(f"client.unit={unit!r} is not one of: {', '.join(UNITS)}.")
+    if not (isinstance(clip_norm, (int, float)) and 0 < clip_norm < math.inf):
+        raise ECOSInputError(f"client.clip_norm must be a positive number, got {clip_norm!r}.")
+    check_count(min_answers, "min_answers", low=1)
+
+
+def bound_counts(counts: np.ndarray, n_samples: int, unit: str = "sample", clip_norm: float = 10.0) -> np.ndarray:
+    """A device's counts bounded before any noise or masking, at what an honest device can hold: no count above its
+    sample count (and so no total above it: each sample votes once); with unit=device, the vector scaled down to L2
+    norm `clip_norm` and rounded down (integers whose L2 norm is at most C, so their L1 norm is at most min(C², √R·C)).
+    An honest device's counts pass the first bound unchanged; the second is the device-level sensitivity."""
+    counts = np.minimum(np.asarray(counts, dtype=np.float64), float(n_samples))
+    if unit == "device":
+        norm = float(np.sqrt(np.sum(counts**2)))
+        if norm > clip_norm:
+            counts = np.floor(counts * (clip_norm / norm))
+    return counts
+
+
+def sensitivities(unit: str, clip_norm: float, n_centroids: int) -> tuple[float, float]:
+    """(L1, L2) distance between neighbours' bounded integer count vectors: (1, 1) per sample; per device
+    (min(C², √R·C), C)."""
+    if unit == "device":
+        return min(clip_norm**2, math.sqrt(n_centroids) * clip_norm), float(clip_norm)
+    return 1.0, 1.0
+
+
+def share_variance(privacy: ScoreMechanism, unit: str, clip_norm: float, n_centroids: int, min_answers: int) -> tuple[float, float]:
+    """(each device's Skellam variance per count, the variance the sum of `min_answers` devices carries): the sum of any
+    `min_answers` devices' shares is one Skellam mechanism calibrated to the fleet's (ε, δ) by `skellam_variance`
+    (RDP, dp-accounting's conversion); more devices add more noise, fewer cannot be unmasked (the dropout margin)."""
+    from ecos_pl.protocol.privacy import skellam_variance
+
+    l1, l2 = sensitivities(unit, clip_norm, n_centroids)
+    total = skellam_variance(privacy.epsilon, privacy.delta, l1, l2)
+    return total / int(min_answers), total
+
+
+def fleet_report(privacy: ScoreMechanism, noise: str, unit: str, clip_norm: float, n_devices: int, min_answers: int,
+                 n_centroids: int | None) -> dict:
+    """What the fleet's noise is: per device and in the sum the cloud sees (σ per count), and the unit and bound."""
+    out = {"noise": noise, "unit": unit, "devices": int(n_devices), **({"clip_norm": float(clip_norm)} if unit == "device" else {})}
+    if privacy.mechanism == "none":
+        return out
+    if noise == "distributed" and n_centroids is not None:
+        share, total = share_variance(privacy, unit, clip_norm, n_centroids, min_answers)
+        out.update(noise_kind="skellam", min_answers=int(min_answers), device_sigma=math.sqrt(share),
+                   sum_sigma=math.sqrt(share * n_devices), sigma_for_min_answers=math.sqrt(total))
+    else:
+        sigma = privacy._sigma()
+        out.update(noise_kind=privacy.mechanism, device_sigma=sigma, sum_sigma=sigma * math.sqrt(n_devices))
+    return out
