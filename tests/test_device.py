@@ -165,3 +165,19 @@ def test_a_deployed_device_reads_its_images_from_its_node_config(tmp_path):
         device.score(CentroidsMessage(_centroids().centroids, tag=b"\x00\x01\x02\x03"))
     with pytest.raises(ECOSInputError, match=r"images .*nowhere.* is not a folder"):
         device_client(_Context({**node, "images": str(tmp_path / "nowhere")}, _run_config()), no_shared_data)
+
+
+def test_distributed_noise_needs_secagg_and_reaches_the_device_with_the_runs_min_answers():
+    from ecos_pl.flower.apps import device_client
+    from ecos_pl.flower.run_config import run_settings
+
+    with pytest.raises(ECOSInputError, match=r"client.noise=distributed needs secagg=true"):
+        run_settings(_run_config(overrides="client.noise=distributed"))
+    run_config = _run_config(overrides="client.noise=distributed", secagg=True, **{"client-cap": "none", "clients": 3,
+                                                                                   "min-answers": 2})
+    device = device_client(_Context({"client-index": 0}, run_config), _shard)
+    assert device.noise == "distributed" and device.min_answers == 2 and device.seed is None
+    share = device.share(_centroids())
+    assert share.dtype == np.int64 and share.shape == (8,)
+    with pytest.raises(DeviceRefusal, match="epsilon=0.9"):  # the floor holds whatever the noise
+        device_client(_Context({"client-index": 0}, {**run_config, "epsilon": 0.9}), _shard)

@@ -142,3 +142,35 @@ def test_train_pipeline_with_distributed_noise_keeps_the_one_device_in_domain_sh
     assert dist.bytes_up == 30 * (32 + 4 * 32)
     assert dist.in_domain_fraction > local.in_domain_fraction + 0.1
     assert dist.in_domain_fraction >= one.in_domain_fraction - 0.15
+
+
+def test_flower_secagg_with_distributed_noise_unmasks_the_in_process_secure_sum(tmp_path, monkeypatch, caplog):
+    """Three devices add Skellam shares under Flower's SecAgg+: the cloud unmasks exactly the in-process secure sum
+    (seeded simulation devices), so the proxy set is train.py's `clients=3 client.noise=distributed` one."""
+    pytest.importorskip("flwr", reason="the flower extra is not installed (uv sync --extra flower)")
+    import json
+    import logging
+
+    from ecos_pl.data.digits_lite import DigitsLite
+    from ecos_pl.flower import simulate, simulation_apps
+    from ecos_pl.phi import PCAPixels
+    from ecos_pl.pipeline import ProtocolPipeline
+    from ecos_pl.protocol.samplers import ECOSSampler
+    from ecos_pl.protocol.settings import Allocation, Clustering, ScorePrivacy
+
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    pipeline = ProtocolPipeline(
+        DigitsLite(seed=1, client_domain="photo", cache_dir=str(tmp_path / "data")), PCAPixels(n_components=16, seed=1),
+        ECOSSampler(Clustering(n_centroids=12), Allocation(client_cap=None)), budget=60, seed=3,
+        score_privacy=ScorePrivacy(noise="distributed"), clients=3)
+    selection, report = pipeline.select()
+    server, client = simulation_apps(pipeline, tmp_path / "flower", secagg={"clip": 4096})
+    backend = {"init_args": {"num_cpus": 1, "include_dashboard": False, "log_to_driver": False},
+               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    with caplog.at_level(logging.INFO):
+        simulate(server, client, 3, backend, timeout=150.0)
+    summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
+    assert summary["proxy_set_sha1"] == report.proxy_set_sha1 and summary["n_clients"] == 3
+    assert "the cloud received only masked vectors from 3 of 3 clients" in caplog.text
+    assert report.score_privacy["noise"] == "distributed"

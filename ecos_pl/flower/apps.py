@@ -198,19 +198,22 @@ def device_client(context: Context, shard_features=None):
     which the device refuses (`DeviceRefusal`) when it is weaker than its floor, and, for a demo SuperNode without
     images (`client-index=i`), shard i of the run config's shared data (`shard_features(index)`, default: train.py's).
     The noise comes from the OS's CSPRNG unless the node config sets `seed`: knowing the run config gives nothing."""
-    from ecos_pl.flower.run_config import asked_privacy
+    from ecos_pl.flower.run_config import asked_privacy, run_settings
     from ecos_pl.protocol.device import DeviceConfig, read_device_features
     from ecos_pl.protocol.parties import ECOSClient
 
     device = DeviceConfig.from_node_config(context.node_config)
-    asked = device.floor.check(asked_privacy(context.run_config))
+    fleet = asked_privacy(context.run_config)
+    asked = device.floor.check(fleet.mechanism_object())
     tag = None
     if device.images is not None:
         features, tag = read_device_features(device.images, device.phi)
     else:
         features = (shard_features or _run_config_shard)(context.run_config, device.index)
+    # distributed noise: the share that makes the sum of any `min-answers` devices carry (ε, δ) (SecAgg+'s threshold)
     return ECOSClient(features, epsilon=asked.epsilon, mechanism=asked.mechanism, delta=asked.delta, seed=device.seed,
-                      phi_tag=tag)
+                      phi_tag=tag, noise=fleet.noise, unit=fleet.unit, clip_norm=fleet.clip_norm,
+                      min_answers=run_settings(context.run_config).min_answers)
 
 
 def _run_config_shard(run_config, index: int):
