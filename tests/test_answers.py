@@ -48,29 +48,12 @@ def test_screen_answers_keeps_good_answers_and_says_why_each_other_is_dropped():
     assert [a.node for a in screen_answers(message, same, 0)[0]] == [1, 2]
 
 
-class _Reply:
-    def __init__(self, node, content=None, error=None):
-        from flwr.app import Metadata
-
-        self.metadata = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                                 group_id="", created_at=0.0, ttl=60.0, message_type="query.ecos")
-        self.content, self._error = content, error
-
-    def has_error(self):
-        return self._error is not None
-
-    @property
-    def error(self):
-        return self._error
-
-
 @pytest.fixture
 def fake_run(monkeypatch):
     pytest.importorskip("flwr", reason="the flower extra is not installed (uv sync --extra flower)")
-    from flwr.supercore.task_identity import TaskIdentity
+    from flower_fakes import fake_task_identity
 
-    for name, value in (("_run_id", 0), ("_node_id", 1), ("_task_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    fake_task_identity(monkeypatch)
 
 
 class _Grid:
@@ -92,6 +75,7 @@ class _Grid:
 def test_a_flower_round_drops_malformed_stale_and_repeated_answers_and_finishes(caplog, fake_run):
     from ecos_pl.flower import FlowerExchange, encode
     from ecos_pl.protocol.parties import ECOSClient
+    from flower_fakes import Reply as _Reply
 
     message = _centroids()
     devices = {n: ECOSClient(np.random.default_rng(n).normal(size=(30, 4)).astype(np.float32), epsilon=0.58) for n in range(1, 8)}

@@ -99,13 +99,12 @@ def test_a_cloud_that_knows_the_run_config_cannot_reproduce_a_devices_noise():
 
 def test_a_device_refuses_a_run_config_weaker_than_its_floor_and_the_cloud_sees_a_refusal(caplog, monkeypatch):
     from flwr.app import Context, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
     from ecos_pl.flower.apps import REFUSED, client_app, device_client
     from ecos_pl.flower.exchange import MESSAGE_TYPE, encode
+    from flower_fakes import fake_task_identity
 
-    for name, value in (("_run_id", 0), ("_node_id", 1), ("_task_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    fake_task_identity(monkeypatch)
     app = client_app(lambda context: device_client(context, _shard))
 
     def ask(run_config, node_config):
