@@ -172,6 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--centroids", type=int, default=128, help="R (part scale)")
     parser.add_argument("--override", nargs="*", default=[], help="more train.py overrides, e.g. phi=pca")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default=None, help="the results' file name (default fleet-<part>)")
     args = parser.parse_args(argv)
     args.n = args.n or {"digits": [1, 10, 100, -1], "scale": [1000, 10000], "forge": [3, 10, 100]}[args.part]
     start = time.perf_counter()
@@ -179,8 +180,9 @@ def main(argv=None) -> int:
     command = "uv run python benchmarks/fleet.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = {"command": command, "seconds": round(time.perf_counter() - start, 1), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / f"fleet-{args.part}.json", json.dumps(out, indent=2) + "\n")
-    write_text_atomic(args.out / f"fleet-{args.part}.md", f"`{command}` ({out['seconds']} s)\n\n" + table(rows))
+    name = args.name or f"fleet-{args.part}"
+    write_text_atomic(args.out / f"{name}.json", json.dumps(out, indent=2) + "\n")
+    write_text_atomic(args.out / f"{name}.md", f"`{command}` ({out['seconds']} s)\n\n" + table(rows))
     return 0
 
 

@@ -174,3 +174,17 @@ def test_flower_secagg_with_distributed_noise_unmasks_the_in_process_secure_sum(
     assert summary["proxy_set_sha1"] == report.proxy_set_sha1 and summary["n_clients"] == 3
     assert "the cloud received only masked vectors from 3 of 3 clients" in caplog.text
     assert report.score_privacy["noise"] == "distributed"
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"noise": "shared"}, r"client.noise='shared' is not one of: local, distributed"),
+    ({"unit": "user"}, r"client.unit='user' is not one of: sample, device"),
+    ({"clip_norm": 0}, r"client.clip_norm"),
+    ({"min_answers": 0}, r"client.min_answers must be at least 1"),
+    ({"noise": "distributed", "mechanism": "laplace"}, r"client.mechanism=laplace goes with noise=local and unit=sample"),
+])
+def test_fleet_settings_errors_name_the_key(settings, match):
+    from ecos_pl.protocol.settings import ScorePrivacy
+
+    with pytest.raises(ECOSInputError, match=match):
+        ScorePrivacy(**settings)
