@@ -313,10 +313,13 @@ class ProtocolPipeline:
     # ------------------------------------------------------------------ privacy and the label round
 
     def fleet_report(self, n_centroids: int | None) -> dict:
-        """The devices' noise: per device and in the sum (`device.fleet_report`)."""
+        """The devices' noise: per device and in the sum (`device.fleet_report`); nothing for one client with the
+        default noise and unit (its `score_privacy` stays what it was)."""
         from ecos_pl.protocol.device import fleet_report
 
         f = self.fleet_settings
+        if self.n_clients == 1 and f["noise"] == "local" and f["unit"] == "sample":
+            return {}
         return fleet_report(self.mechanism, f["noise"], f["unit"], f["clip_norm"], self.n_clients, f["min_answers"], n_centroids)
 
     def check_privacy_budget(self) -> float:
