@@ -77,7 +77,7 @@ METER=${STARTED[-1]}
 wait_for_log superlink.log "Uvicorn running" 180
 for ((i = 0; i < N; i++)); do
   start "supernode-$i.log" flower-supernode --insecure --superlink "127.0.0.1:$METER_PORT" \
-    --port $((PORT + 10 + i)) --node-config "client-index=$i"
+    --port $((PORT + 10 + i)) --node-config "client-index=$i seed=$((3000 + i))"  # the device's own seed: train.py's seed·1000+i at seed=3, so the proxy set is the in-process one
 done
 t_up=$(date +%s.%N)
 

@@ -200,8 +200,15 @@ class ProtocolPipeline:
             make = None if labeller is None else functools.partial(labeller, train.subset(rows), self.data, seed=seed,
                                                                  protocol_phi=self.fitted_phi())
             out.append(ECOSClient(self.client_features[rows], epsilon=p.epsilon, mechanism=p.mechanism, delta=p.delta,
-                                  seed=seed, labeller=make))
+                                  seed=seed, labeller=make, **self.fleet_settings))
         return out
+
+    @property
+    def fleet_settings(self) -> dict:
+        """How the devices bound and noise their counts (client.noise, unit, clip_norm, min_answers: all by default)."""
+        p = self.score_privacy
+        return {"noise": p.noise, "unit": p.unit, "clip_norm": p.clip_norm,
+                "min_answers": self.n_clients if p.min_answers is None else min(p.min_answers, self.n_clients)}
 
     # ------------------------------------------------------------------ the selection and its artifact
 
@@ -217,8 +224,16 @@ class ProtocolPipeline:
             self.data_id, self.fitted_phi().fingerprint(), sampler_spec(self.sampler),
             self.sampler_budget, self.seed, self.score_privacy.epsilon, *privacy,
             *(() if self.n_clients == 1 else (f"clients:{self.n_clients}",)),
+            *self._fleet_key(),
         )
         return Path(self.cache_dir).expanduser() / "selections" / f"{key}.npz"
+
+    def _fleet_key(self) -> list[str]:
+        """The fleet settings that change the selection, where they are not the defaults (older keys stay valid)."""
+        f = self.fleet_settings
+        key = [f"noise:{f['noise']}"] if f["noise"] != "local" else []
+        key += [f"unit:device", f"clip_norm:{f['clip_norm']:g}"] if f["unit"] == "device" else []
+        return key + ([f"min_answers:{f['min_answers']}"] if f["noise"] == "distributed" else [])
 
     def _checked_selection(self) -> tuple[Selection, dict] | None:
         """The artifact, loaded and checked once (None: absent or damaged; `_damaged` says why)."""
@@ -265,11 +280,19 @@ class ProtocolPipeline:
         # the client computes φ of its data once, before it answers (timed apart from the round)
         with logged_stage(log, "the client's φ features"):
             clients = self.clients() if self.sampler.asks_clients else None
+            if clients and self.n_clients > 1 and self.score_privacy.noise == "local" and self.mechanism.mechanism != "none":
+                log.warning("client.noise=local: each of the %d devices adds the full σ = %.3g for ε = %g, so their summed "
+                            "scores carry √%d·σ = %.3g (client.noise=distributed, under a secure sum, adds it once).",
+                            self.n_clients, self.mechanism._sigma(), self.mechanism.epsilon, self.n_clients,
+                            self.mechanism._sigma() * self.n_clients**0.5)
         t2 = time.perf_counter()
         budget = self.sampler_budget
         with logged_stage(log, f"{type(self.sampler).__name__}: choosing the proxy set (k-means, the client's scores, "
                                f"the allocation; transport={self.transport.name})"):
-            selection = self.transport.run(self.sampler, clients, pool_features=pool_features, budget=budget, seed=self.seed)
+            transport = self.transport
+            if self.score_privacy.noise == "distributed":  # the devices' shares go to a secure sum, not to the cloud
+                transport = transport.with_secure_sum()
+            selection = transport.run(self.sampler, clients, pool_features=pool_features, budget=budget, seed=self.seed)
         return selection, {"cloud_features_s": t1 - t0, "client_features_s": t2 - t1}
 
     def proxy(self, selection: Selection) -> DomainSplit:
@@ -290,7 +313,8 @@ class ProtocolPipeline:
             epsilon=selection.epsilon if selection.epsilon is not None or "round_share" not in selection.diagnostics
             else self.mechanism.epsilon,  # the rounds together spend the client's whole ε
             # how the scores were privatised (what the client did, whatever the sampler asked)
-            score_privacy=self.mechanism.report() if selection.bytes_up and not self.sampler.releases_features else None,
+            score_privacy=({**self.mechanism.report(), **self.fleet_report(selection.n_centroids)}
+                           if selection.bytes_up and not self.sampler.releases_features else None),
             timings={"features": cloud_features_s + client_features_s, "features_cloud": cloud_features_s,
                      "features_client": client_features_s, **{k: selection.timings.get(k, 0.0) for k in ("compress", "score", "select")}},
             selection_artifact=None if self.selection_path is None else str(self.selection_path),
@@ -319,6 +343,16 @@ class ProtocolPipeline:
         return table
 
     # ------------------------------------------------------------------ privacy and the label round
+
+    def fleet_report(self, n_centroids: int | None) -> dict:
+        """The devices' noise: per device and in the sum (`device.fleet_report`); nothing for one client with the
+        default noise and unit (its `score_privacy` stays what it was)."""
+        from ecos_pl.protocol.device import fleet_report
+
+        f = self.fleet_settings
+        if self.n_clients == 1 and f["noise"] == "local" and f["unit"] == "sample":
+            return {}
+        return fleet_report(self.mechanism, f["noise"], f["unit"], f["clip_norm"], self.n_clients, f["min_answers"], n_centroids)
 
     def check_privacy_budget(self) -> float:
         """The ε of everything the client will release (scores, then labels when the scenario asks for them),

@@ -15,6 +15,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from ecos_pl.protocol.errors import ECOSInputError  # noqa: E402
+from flower_fakes import Reply as _Reply, fake_task_identity  # noqa: E402
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage  # noqa: E402
 from ecos_pl.protocol.samplers import ECOSSampler  # noqa: E402
 from ecos_pl.protocol.settings import Allocation, Clustering, ScorePrivacy  # noqa: E402
@@ -54,29 +55,10 @@ def test_flower_simulation_selects_the_in_process_proxy_set(tmp_path, monkeypatc
     assert summary["bytes_up"] == report.bytes_up == 3 * (4 * 12 + 32)
 
 
-class _Reply:
-    def __init__(self, node, content=None, error=None):
-        from flwr.app import Metadata
-
-        self.metadata = Metadata(run_id=0, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                                 group_id="", created_at=0.0, ttl=60.0, message_type="query.ecos")
-        self.content, self._error = content, error
-
-    def has_error(self):
-        return self._error is not None
-
-    @property
-    def error(self):
-        return self._error
-
-
 @pytest.fixture
 def fake_run(monkeypatch):
     """The run identity a ServerApp process has (Flower's `Message` reads it), for grids faked in this process."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 0), ("_node_id", 1), ("_task_id", 0)):  # node 1: the SuperLink's
-        monkeypatch.setattr(TaskIdentity, name, value)
+    fake_task_identity(monkeypatch)
 
 
 class _Grid:

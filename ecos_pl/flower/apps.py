@@ -16,35 +16,46 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.serverapp import Grid, ServerApp
 
-from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, FlowerExchange, encode
+from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, FlowerExchange, encode, round_of
 from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap, secagg_reply
 from ecos_pl.protocol import driver
+from ecos_pl.protocol.device import DeviceRefusal
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.messages import parse_message
 
 log = logging.getLogger(__name__)
+#: the error code of a device's refusal (Flower's own codes are small positive numbers)
+REFUSED = 4030
 
 PARTITION_ID = "partition-id"  # what the simulation engine puts in each node's node_config
-CLIENT_INDEX = "client-index"  # the same, for a deployed SuperNode (--node-config "client-index=0")
+CLIENT_INDEX = "client-index"  # the same, for a demo SuperNode answering as a shard (--node-config "client-index=0")
 
 
 def client_index(context: Context) -> int:
-    """This node's client index: its partition id (simulation) or its configured `client-index` (deployment)."""
+    """This node's client index: its partition id (simulation), its configured `client-index` (a demo SuperNode), else
+    its node id (a device with its own images: the cloud orders the answers by it)."""
     config = context.node_config
     for key in (PARTITION_ID, CLIENT_INDEX):
         if key in config:
             return int(config[key])
-    raise ECOSInputError(f"the node's config has neither '{PARTITION_ID}' nor '{CLIENT_INDEX}'; "
-                         f"start the SuperNode with --node-config \"{CLIENT_INDEX}=<i>\".")
+    return int(context.node_id)
+
+
+def _refuse(index: int, err: DeviceRefusal) -> None:
+    """The device's one logged sentence; the cloud sees an error reply (a refusal), never counts."""
+    log.warning("device %d: %s", index, err)
 
 
 def client_app(load_client) -> ClientApp:
-    """A ClientApp whose client is `load_client(context)` (an `ECOSClient`), loaded once per client index."""
+    """A ClientApp whose client is `load_client(context)` (an `ECOSClient`), loaded once per client index.
+
+    A `DeviceRefusal` (the run config asks for weaker privacy than the device's node config allows) is logged on
+    the device in one sentence and answered as an error message: the cloud drops it as a refusal."""
     app = ClientApp()
     clients: dict[int, object] = {}
 
@@ -56,13 +67,21 @@ def client_app(load_client) -> ClientApp:
 
     @app.query("ecos")
     def answer(message: Message, context: Context) -> Message:
-        index, me = client(context)
-        request = parse_message(message.content.config_records["ecos"]["message"])
-        return Message(encode(me.handle(request), client=index), reply_to=message)
+        try:
+            index, me = client(context)
+            request = parse_message(message.content.config_records["ecos"]["message"])
+            return Message(encode(me.handle(request), client=index, round=round_of(message.content)), reply_to=message)
+        except DeviceRefusal as err:
+            _refuse(client_index(context), err)
+            return Message(error=Error(code=REFUSED, reason=f"refused: {err}"), reply_to=message)
 
     @app.train(mods=[secaggplus_mod])  # only SecAgg+'s stage 2 reaches this; the mod masks what it returns
     def answer_masked(message: Message, context: Context) -> Message:
-        index, me = client(context)
+        try:
+            index, me = client(context)
+        except DeviceRefusal as err:
+            _refuse(client_index(context), err)
+            raise  # SecAgg+ goes on without this node (its masks are removed with the others' shares)
         return secagg_reply(message, me, index)
 
     return app
@@ -174,11 +193,38 @@ def _show_ecos_log() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _client_from_run_config(context: Context):
-    """A device: shard `client-index` of train.py's client split (its seed too), scored with the shared φ."""
+def device_client(context: Context, shard_features=None):
+    """A device of the deployed app: what is the device's (its images, its privacy floor, its noise seed) from its own
+    node config (`ecos_pl.protocol.device.DeviceConfig`); from the cloud's run config only the privacy asked for,
+    which the device refuses (`DeviceRefusal`) when it is weaker than its floor, and, for a demo SuperNode without
+    images (`client-index=i`), shard i of the run config's shared data (`shard_features(index)`, default: train.py's).
+    The noise comes from the OS's CSPRNG unless the node config sets `seed`: knowing the run config gives nothing."""
+    from ecos_pl.flower.run_config import asked_privacy, run_settings
+    from ecos_pl.protocol.device import DeviceConfig, read_device_features
+    from ecos_pl.protocol.parties import ECOSClient
+
+    device = DeviceConfig.from_node_config(context.node_config)
+    fleet = asked_privacy(context.run_config)
+    asked = device.floor.check(fleet.mechanism_object())
+    tag = None
+    if device.images is not None:
+        features, tag = read_device_features(device.images, device.phi)
+    else:
+        features = (shard_features or _run_config_shard)(context.run_config, device.index)
+    # distributed noise: the share that makes the sum of any `min-answers` devices carry (ε, δ) (SecAgg+'s threshold)
+    return ECOSClient(features, epsilon=asked.epsilon, mechanism=asked.mechanism, delta=asked.delta, seed=device.seed,
+                      phi_tag=tag, noise=fleet.noise, unit=fleet.unit, clip_norm=fleet.clip_norm,
+                      min_answers=run_settings(context.run_config).min_answers)
+
+
+def _run_config_shard(run_config, index: int):
+    """A demo device's features: shard `index` of train.py's client split under the run config (shared demo data)."""
     from ecos_pl.flower.run_config import pipeline
 
-    return pipeline(context.run_config).clients()[client_index(context)]
+    p = pipeline(run_config)
+    if index >= p.n_clients:
+        raise ECOSInputError(f"client-index={index} is not below clients={p.n_clients}.")
+    return p.client_features[p.shards[index]]
 
 
-clientapp = client_app(_client_from_run_config)
+clientapp = client_app(device_client)

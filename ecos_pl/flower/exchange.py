@@ -5,8 +5,9 @@ sent with `grid.send_and_receive`. Up: the same record holding the answer's byte
 (`"client"`: its partition id in a simulation, its configured index in a deployment), by which the answers
 are ordered, so the fleet's scores are summed in the order the in-process exchange sums them.
 
-A reply that is an error, carries no parseable answer of the expected kind, or never comes (the timeout)
-is dropped with a warning and the round goes on with the clients that answered; with fewer than
+A reply that is an error (a device's refusal among them), carries no parseable answer of the expected kind,
+fails the cloud's checks (`ecos_pl.protocol.answers.screen_answers`: length, the centroids' tag, the round,
+one answer per node, replays), or never comes (the timeout) is dropped with a warning and the round goes on with the clients that answered; with fewer than
 `min_answers` answers the round fails with one `ECOSInputError` sentence.
 """
 
@@ -18,6 +19,7 @@ import time
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from ecos_pl.protocol.answers import Answer, screen_answers
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.exchange import Exchange
 from ecos_pl.protocol.messages import CentroidsMessage, LabelsMessage, ProxyFeaturesMessage, ScoresMessage
@@ -35,12 +37,24 @@ RECORD = "ecos"
 ANSWER_TYPES = {CentroidsMessage: ScoresMessage, ProxyFeaturesMessage: LabelsMessage}
 
 
-def encode(message, client: int | None = None) -> RecordDict:
-    """An ECOS message as a Flower `RecordDict` (its bytes, and the answering client's index when given)."""
+def encode(message, client: int | None = None, round: int | None = None) -> RecordDict:
+    """An ECOS message as a Flower `RecordDict`: its bytes, the answering client's index and the round (sent down by
+    the cloud, echoed by the device) when given."""
     record = {"message": message.to_bytes()}
     if client is not None:
         record["client"] = int(client)
+    if round is not None:
+        record["round"] = int(round)
     return RecordDict({RECORD: ConfigRecord(record)})
+
+
+def round_of(content: RecordDict) -> int | None:
+    """The round a Flower `RecordDict` of ECOS's says it belongs to (None when it says none)."""
+    try:
+        value = content.config_records[RECORD].get("round")
+    except (KeyError, AttributeError, TypeError):
+        return None
+    return None if value is None or isinstance(value, bool) or not isinstance(value, int) else int(value)
 
 
 def decode(content: RecordDict, expected) -> tuple[object, int | None]:
@@ -106,11 +120,12 @@ class FlowerExchange(GridExchange):
             raise ECOSInputError(f"a FlowerExchange carries centroids and proxy features, not a {type(message).__name__}.")
         nodes = self.nodes_for_round()
         group = f"ecos-round-{len(self.rounds)}"
-        out = [Message(encode(message), node, MESSAGE_TYPE, group_id=group) for node in nodes]
+        round_id = len(self.rounds)
+        out = [Message(encode(message, round=round_id), node, MESSAGE_TYPE, group_id=group) for node in nodes]
         start = time.perf_counter()
         replies = list(self.grid.send_and_receive(out, timeout=self.timeout))
         seconds = time.perf_counter() - start  # the round trip (the clients' own time is not reported to the cloud)
-        answers, dropped = {}, {}
+        received, dropped = [], {}
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
@@ -121,10 +136,10 @@ class FlowerExchange(GridExchange):
             except ECOSInputError as err:
                 dropped[node] = str(err)
                 continue
-            if node in answers:
-                dropped[node] = "a second answer from the same node"
-                continue
-            answers[node] = (node if client is None else client, node, answer)
+            received.append(Answer(node, answer, node if client is None else client, round_of(reply.content)))
+        kept, refused = screen_answers(message, received, round_id)  # lengths, tag, round, one per node, replays
+        dropped.update(refused)
+        answers = {a.node: (a.client, a.node, a.message) for a in kept}
         for node in nodes:
             if node not in answers and node not in dropped:
                 dropped[node] = f"no answer within {self.timeout:g} s"

@@ -73,6 +73,9 @@ def run_settings(run_config: dict) -> RunSettings:
     extra = run_config["overrides"]
     if not isinstance(extra, str):
         raise ECOSInputError(f"overrides must be a string of train.py overrides, got {extra!r}.")
+    if secagg is None and "client.noise=distributed" in shlex.split(extra):
+        raise ECOSInputError("client.noise=distributed needs secagg=true: without a secure sum each device must add its "
+                             "full noise (client.noise=local), since the cloud sees each answer.")
     overrides = (
         f"clients={clients}", f"n_centroids={run_config['n-centroids']}", f"budget={run_config['budget']}",
         f"seed={run_config['seed']}", f"client.epsilon={'null' if epsilon is None else epsilon}",
@@ -97,6 +100,17 @@ def pipeline(run_config: dict):
     import hydra
 
     return hydra.utils.instantiate(train_config(run_settings(run_config).overrides).datamodule.pipeline)
+
+
+def asked_privacy(run_config: dict):
+    """The privacy the cloud's run config asks the devices for (train.py's `client.*` under its overrides: mechanism,
+    ε, δ, noise, unit, clip_norm), as `ScorePrivacy`; a device checks it against its own floor and may refuse it."""
+    from dataclasses import fields
+
+    from ecos_pl.protocol.settings import ScorePrivacy
+
+    client = train_config(run_settings(run_config).overrides).client
+    return ScorePrivacy(**{f.name: client[f.name] for f in fields(ScorePrivacy)})
 
 
 def default_run_config() -> dict:

@@ -75,22 +75,28 @@ class StageWatch:
 
 
 def secagg_counts(scores: np.ndarray, clip: int) -> tuple[np.ndarray, int]:
-    """(the integer vector a client hands to SecAgg+, how many entries the clip lowered): its (noisy) counts
-    rounded to the nearest integer and clipped to [0, clip], post-processing that leaves its ε unchanged."""
+    """(the integer vector a client hands to SecAgg+, how many entries the clip changed): its vector rounded to the
+    nearest integer and clipped to [-clip, clip], Flower's clipping range (post-processing of the device's own noisy
+    counts; an honest device's bounded counts plus its noise never reach it at the clip the cloud derives)."""
     counts = np.rint(np.asarray(scores, dtype=np.float64))
-    clipped = int((counts > clip).sum())
-    return np.clip(counts, 0, clip).astype(np.int64), clipped
+    clipped = int((np.abs(counts) > clip).sum())
+    return np.clip(counts, -clip, clip).astype(np.int64), clipped
 
 
 def secagg_reply(message: Message, client, index: int) -> Message:
-    """The device's answer to SecAgg+'s stage 2 (fit instructions holding the centroids): its integer counts as
-    one-example fit results, which `secaggplus_mod` then masks; its ε and index travel as (public) metrics."""
+    """The device's answer to SecAgg+'s stage 2 (fit instructions holding the centroids): its integer vector
+    (`ECOSClient.share`: bounded counts plus its Skellam share with client.noise=distributed, its rounded local noisy
+    counts with local noise) as one-example fit results, which `secaggplus_mod` then masks; its ε, noise and index
+    travel as (public) metrics."""
     fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-    scores = client.handle(CentroidsMessage.from_bytes(fitins.config[MESSAGE_KEY]))
-    counts, clipped = secagg_counts(scores.scores, int(fitins.config[CLIP_KEY]))
+    centroids = CentroidsMessage.from_bytes(fitins.config[MESSAGE_KEY])
+    vector = client.share(centroids) if hasattr(client, "share") else client.handle(centroids).scores
+    counts, clipped = secagg_counts(vector, int(fitins.config[CLIP_KEY]))
     if clipped:
         log.warning("client %d: %d counts clipped at secagg-clip=%d before masking.", index, clipped, fitins.config[CLIP_KEY])
-    metrics = {"client": int(index), "clipped": clipped, **({} if scores.epsilon is None else {"epsilon": scores.epsilon})}
+    epsilon = getattr(getattr(client, "privacy", None), "epsilon", None)
+    metrics = {"client": int(index), "clipped": clipped, "noise": str(getattr(client, "noise", "local")),
+               **({} if epsilon is None else {"epsilon": float(epsilon)})}
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([counts.astype(np.float64)]), 1, metrics)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
 
@@ -167,7 +173,8 @@ class SecAggExchange(GridExchange):
             log.warning("SecAgg+ round went on without some nodes (%s).", lost)
         (mean,) = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
             context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
-        total = np.rint(np.asarray(mean, dtype=np.float64) * self._summed)  # FedAvg's mean of the one unmasked sum
+        # FedAvg's mean of the one unmasked sum; clipped at zero here, after the sum (distributed noise may be negative)
+        total = np.maximum(np.rint(np.asarray(mean, dtype=np.float64) * self._summed), 0.0)
         epsilons = {int(m["client"]): (float(m["epsilon"]) if "epsilon" in m else None) for m in reports}
         self.client_epsilons.append(epsilons)
         clipped = sum(int(m.get("clipped", 0)) for m in reports)

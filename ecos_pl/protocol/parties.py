@@ -16,8 +16,9 @@ import numpy as np
 from ecos_pl.protocol.compress import PoolClusters, compress
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.features import unit_rows
-from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage
-from ecos_pl.protocol.privacy import DEFAULT_DELTA, NoiseSource, ScoreMechanism
+from ecos_pl.protocol.messages import CentroidsMessage, ProxyFeaturesMessage, ScoresMessage, answer_tag
+from ecos_pl.protocol.device import bound_counts, check_fleet_noise, share_variance
+from ecos_pl.protocol.privacy import DEFAULT_DELTA, NoiseSource, ScoreMechanism, skellam_noise
 from ecos_pl.protocol.score import coverage_scores, scoring_macs
 from ecos_pl.protocol.select import select
 from ecos_pl.protocol.settings import Allocation, Clustering, cloud_settings
@@ -59,15 +60,30 @@ def cap_client_scores(scores: list[np.ndarray], cap: float | None = CLIENT_CAP) 
 
 
 class ECOSClient:
-    """Holds the private features; answers a centroids message with coverage scores and nothing else."""
+    """Holds the private features; answers a centroids message with coverage scores and nothing else.
+
+    Its counts are bounded on the device first (`device.bound_counts`: at most its sample count each; with
+    `unit="device"` its vector clipped to L2 norm `clip_norm`), then noised: `noise="local"` adds the full noise for
+    (ε, δ) (`score`: a `ScoresMessage` the cloud may see alone); `noise="distributed"` adds a Skellam share sized so
+    that the secure sum of any `min_answers` devices carries (ε, δ) (`share`: an integer vector for a secure sum only,
+    never sent in the clear)."""
 
     def __init__(self, features: np.ndarray, *, epsilon: float | None = None, mechanism: str = "gaussian",
-                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True, labeller=None):
+                 delta: float = DEFAULT_DELTA, seed: int | None = None, use_radii: bool = True, labeller=None,
+                 phi_tag: bytes | None = None, noise: str = "local", unit: str = "sample", clip_norm: float = 10.0,
+                 min_answers: int = 1):
         self._features = unit_rows(features, "client_features")
+        #: the tag of the φ its features come from (a device with its own φ file): centroids of another φ are refused
+        self.phi_tag = phi_tag
         #: answers a `ProxyFeaturesMessage` (pseudo_label): a `PseudoLabeller`, or a callable building one on first use
         self._labeller = labeller
+        check_fleet_noise(noise, unit, clip_norm, min_answers)
+        self.noise, self.unit, self.clip_norm, self.min_answers = noise, unit, float(clip_norm), int(min_answers)
         #: how the scores are privatised; `epsilon=None`: exact counts. `seed=None`: noise from the OS's CSPRNG
-        self.privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta)
+        self.privacy = ScoreMechanism.from_settings(epsilon, mechanism, delta,
+                                                    sensitivity=self.clip_norm if unit == "device" else 1.0)
+        if noise == "distributed" and self.privacy.mechanism == "laplace":
+            raise ECOSInputError("client.noise=distributed adds Skellam noise, calibrated like the Gaussian; use mechanism gaussian.")
         self.epsilon = self.privacy.epsilon
         self.seed = None if seed is None else int(seed)
         #: one noise stream for every round this client answers (a seeded stream restarted per round would repeat its draws)
@@ -82,24 +98,55 @@ class ECOSClient:
     def n_samples(self) -> int:
         return self._features.shape[0]
 
-    def score(self, message: CentroidsMessage) -> ScoresMessage:
-        """The coverage scores, at the share of this client's budget the round asks for (the whole of it when the
-        message names none); the client keeps the ledger, so rounds together never spend more than its (ε, δ)."""
+    def counts(self, message: CentroidsMessage) -> np.ndarray:
+        """This device's exact counts, bounded (`device.bound_counts`); timed and counted as the client's compute."""
+        if self.phi_tag is not None and message.tag is not None and message.tag != self.phi_tag:
+            raise ECOSInputError(f"the centroids message was computed with another φ (tag {message.tag.hex()}) than this "
+                                 f"device's phi file (tag {self.phi_tag.hex()}); fetch the φ file that came with it.")
+        start = time.perf_counter()
+        exact = coverage_scores(self._features, message, epsilon=None, use_radii=self.use_radii).scores
+        bounded = bound_counts(exact, self.n_samples, self.unit, self.clip_norm)
+        self.score_seconds += time.perf_counter() - start
+        self.score_macs += scoring_macs(self.n_samples, message)
+        return bounded
+
+    def _spend(self, message: CentroidsMessage) -> ScoreMechanism:
+        """The mechanism of this round: the share of this client's budget the message asks for (the whole of it when
+        it names none). The client keeps the ledger, so rounds together never spend more than its (ε, δ)."""
         share = 1.0 if message.share is None else message.share
-        if self.privacy.mechanism != "none" and self.spent_share + share > 1.0 + 1e-9:
+        if self.privacy.mechanism == "none":
+            return self.privacy
+        if self.spent_share + share > 1.0 + 1e-9:
             raise ECOSInputError(
                 f"centroids message asks for share {share:g} of this client's score budget, but only "
                 f"{max(0.0, 1.0 - self.spent_share):.4g} is left (ε = {self.epsilon:g} in all); the client does not answer."
             )
-        start = time.perf_counter()
-        reply = coverage_scores(
-            self._features, message, epsilon=self.epsilon, mechanism=self.privacy.mechanism, delta=self.privacy.delta,
-            use_radii=self.use_radii, noise=self._noise,
-        )
         self.spent_share += share
-        self.score_seconds += time.perf_counter() - start
-        self.score_macs += scoring_macs(self.n_samples, message)
-        return reply
+        return self.privacy if share == 1.0 else self.privacy.for_share(share)
+
+    def score(self, message: CentroidsMessage) -> ScoresMessage:
+        """The answer the cloud may see alone: bounded counts with the full local noise (for this round's share),
+        clipped at zero."""
+        if self.noise == "distributed" and self.privacy.mechanism != "none":
+            raise ECOSInputError("client.noise=distributed needs a secure sum (secagg, or the in-process sum of clients=N): "
+                                 "a device's share alone is not private; use client.noise=local without one.")
+        counts = self.counts(message)
+        privacy = self._spend(message)
+        noisy = privacy.privatize(counts, self._noise)
+        return ScoresMessage(noisy.astype(np.float32), privacy.release_epsilon(), tag=answer_tag(message))  # which centroids it answers
+
+    def share(self, message: CentroidsMessage) -> np.ndarray:
+        """The integer vector this device hands to a secure sum: its bounded counts plus its Skellam share
+        (`noise="distributed"`), or its local noisy counts rounded (`noise="local"`, post-processing); never clipped
+        at zero (the cloud clips the sum)."""
+        if self.noise == "local":
+            return np.rint(self.score(message).scores.astype(np.float64)).astype(np.int64)
+        counts = self.counts(message).astype(np.int64)
+        if self.privacy.mechanism == "none":
+            return counts
+        privacy = self._spend(message)
+        variance, _ = share_variance(privacy, self.unit, self.clip_norm, message.n_centroids, self.min_answers)
+        return counts + skellam_noise(variance, counts.shape, self._noise)
 
     def upload_features(self) -> np.ndarray:
         """Privacy-violating reference only (`oracle_central`): hands over every client feature."""

@@ -19,6 +19,7 @@ Gaussian) sampler.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -96,6 +97,15 @@ class NoiseSource:
     def secure(self) -> bool:
         return self._rng is None
 
+    def generator(self) -> np.random.Generator:
+        """A numpy Generator for integer draws (Skellam): the seeded one, or a fresh one seeded with 256 bits from the
+        OS's CSPRNG (`secrets`), so that no one but this process knows its state."""
+        if self._rng is not None:
+            return self._rng
+        import secrets
+
+        return np.random.Generator(np.random.PCG64(secrets.randbits(256)))
+
     def _uniform(self, size) -> np.ndarray:
         """Uniforms in (0, 1) from 53 random bits each (never exactly 0 or 1, so both inverse CDFs are finite)."""
         n = int(np.prod(size))
@@ -123,12 +133,18 @@ class ScoreMechanism:
     mechanism: str = "gaussian"
     epsilon: float | None = 0.58
     delta: float = DEFAULT_DELTA
+    #: the L2 distance between neighbours' count vectors: 1 per sample; C with a device's vector clipped to C (unit=device)
+    sensitivity: float = 1.0
     #: the part of the (ε, δ) budget this release spends, when a strategy asks several rounds (`for_share`)
     share: float = 1.0
 
     def __post_init__(self):
         if not 0.0 < self.share <= 1.0:
             raise ECOSInputError(f"share must lie in (0, 1], got {self.share!r}.")
+        if not (isinstance(self.sensitivity, (int, float)) and 0 < self.sensitivity < math.inf):
+            raise ECOSInputError(f"sensitivity must be a positive number, got {self.sensitivity!r}.")
+        if self.mechanism == "laplace" and self.sensitivity != 1.0:
+            raise ECOSInputError("the laplace mechanism counts one sample (sensitivity 1); use gaussian with unit=device.")
         if self.mechanism not in MECHANISMS:
             raise ECOSInputError(f"mechanism={self.mechanism!r} is not one of: {', '.join(MECHANISMS)}.")
         if self.mechanism == "none":
@@ -142,11 +158,12 @@ class ScoreMechanism:
         self.noise_scale  # calibrate now: an ε that cannot be met fails before anything is computed
 
     @classmethod
-    def from_settings(cls, epsilon, mechanism: str | None = None, delta: float = DEFAULT_DELTA) -> "ScoreMechanism":
+    def from_settings(cls, epsilon, mechanism: str | None = None, delta: float = DEFAULT_DELTA,
+                      sensitivity: float = 1.0) -> "ScoreMechanism":
         """`epsilon=None` means exact counts whatever the default mechanism is (`client.epsilon=null`)."""
         if epsilon is None:
-            return cls("none", None, delta)
-        return cls(mechanism or "gaussian", epsilon, delta)
+            return cls("none", None, delta, sensitivity)
+        return cls(mechanism or "gaussian", epsilon, delta, sensitivity)
 
     def for_share(self, share: float) -> "ScoreMechanism":
         """One of several releases that together spend this mechanism's budget, `share` of it each (shares summing to
@@ -158,9 +175,9 @@ class ScoreMechanism:
 
     @property
     def noise_scale(self) -> float:
-        """σ (Gaussian), b = 1/ε (Laplace), 0 (none), for this release's share of the budget."""
+        """σ (Gaussian, for this sensitivity), b = 1/ε (Laplace), 0 (none), for this release's share of the budget."""
         if self.mechanism == "gaussian":
-            return gaussian_sigma(self.epsilon, self.delta) / math.sqrt(self.share)
+            return gaussian_sigma(self.epsilon, self.delta, self.sensitivity) / math.sqrt(self.share)
         if self.mechanism == "laplace":
             return 1.0 / (self.epsilon * self.share)
         return 0.0
@@ -195,8 +212,8 @@ class ScoreMechanism:
         import dp_accounting
 
         replace = check_adjacency(adjacency) == "replace_one"
-        if self.mechanism == "gaussian":
-            return dp_accounting.GaussianDpEvent(self.noise_scale * (math.sqrt(2.0) if replace else 1.0))
+        if self.mechanism == "gaussian":  # the noise multiplier: σ over the sensitivity
+            return dp_accounting.GaussianDpEvent(self.noise_scale / self.sensitivity * (math.sqrt(2.0) if replace else 1.0))
         if self.mechanism == "laplace":
             return dp_accounting.LaplaceDpEvent(self.noise_scale / (2.0 if replace else 1.0))
         return dp_accounting.NonPrivateDpEvent()
@@ -211,7 +228,8 @@ class ScoreMechanism:
 
     def report(self) -> dict:
         return {"mechanism": self.mechanism, "epsilon": self.epsilon, "delta": self.reported_delta, "noise_sigma": self._sigma(),
-                "adjacency": "add_remove", "epsilon_replace_one": self.replace_one_epsilon()}
+                "adjacency": "add_remove", "epsilon_replace_one": self.replace_one_epsilon(),
+                **({} if self.sensitivity == 1.0 else {"sensitivity": self.sensitivity})}
 
     def _sigma(self) -> float:
         """The noise's standard deviation (Laplace(b): b·√2)."""
@@ -292,3 +310,50 @@ def laplace_epsilon(epsilons: list[float], delta: float = 0.0) -> float:
     for eps in eps_list:
         accountant.compose(dp_accounting.LaplaceDpEvent(noise_multiplier=1.0 / eps))
     return float(accountant.get_epsilon(delta))
+
+
+# ---------------------------------------------------------------------- distributed noise under a secure sum
+
+#: integer Rényi orders of the Skellam bound (Agarwal, Kairouz, Liu 2021 prove it for integer α > 1)
+SKELLAM_ORDERS = tuple(range(2, 65)) + tuple(range(72, 257, 8)) + (384, 512, 768, 1024)
+
+
+@functools.lru_cache(maxsize=256)
+def skellam_epsilon(variance: float, delta: float, l1: float = 1.0, l2: float = 1.0) -> float:
+    """ε at δ of the Skellam mechanism whose noise has this variance per count (Poisson(μ/2) − Poisson(μ/2), μ the
+    variance), for integer vectors moving by at most `l1` (L1) and `l2` (L2) between neighbours.
+
+    RDP (Agarwal, Kairouz, Liu, "The Skellam Mechanism for Differentially Private Federated Learning", NeurIPS 2021,
+    Corollary 3.6), for integer α > 1:  ε(α) ≤ α·l2²/(2μ) + min(((2α−1)·l2² + 6·l1)/(4μ²), 3·l1/(2μ));
+    the first term is the Gaussian mechanism's at σ² = μ. Converted to (ε, δ) by dp-accounting's RDP conversion."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    mu, dlt = float(variance), check_delta(delta)
+    if not (mu > 0 and math.isfinite(mu)):
+        raise ECOSInputError(f"the Skellam variance must be a positive number, got {variance!r}.")
+    rdp = [a * l2**2 / (2 * mu) + min(((2 * a - 1) * l2**2 + 6 * l1) / (4 * mu**2), 3 * l1 / (2 * mu)) for a in SKELLAM_ORDERS]
+    eps, _ = rdp_privacy_accountant.compute_epsilon(SKELLAM_ORDERS, rdp, dlt)
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=64)
+def skellam_variance(epsilon: float, delta: float, l1: float = 1.0, l2: float = 1.0) -> float:
+    """The least Skellam variance (to 0.1 %) whose `skellam_epsilon` is at most ε: the noise the *sum* must carry."""
+    eps = check_epsilon(epsilon)
+    lo = hi = max(gaussian_sigma(eps, delta, l2) ** 2, 1e-9)  # the Gaussian's σ² is a lower bound
+    while skellam_epsilon(hi, delta, l1, l2) > eps:
+        lo, hi = hi, hi * 2.0
+        if hi > MAX_SIGMA**2:
+            raise ECOSInputError(f"epsilon={epsilon!r} with delta={delta!r} gives no usable Skellam noise; raise either.")
+    while hi > lo * 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if skellam_epsilon(mid, delta, l1, l2) <= eps else (mid, hi)
+    return hi
+
+
+def skellam_noise(variance: float, size, noise: "NoiseSource") -> np.ndarray:
+    """Integer Skellam noise of this variance: Poisson(variance/2) − Poisson(variance/2) (a sum of such draws is again
+    Skellam, with the variances added: the secure sum of the devices' shares is one Skellam mechanism)."""
+    rng = noise.generator()
+    half = float(variance) / 2.0
+    return rng.poisson(half, size).astype(np.int64) - rng.poisson(half, size).astype(np.int64)

@@ -90,29 +90,52 @@ class Allocation(_Settings):
 
 @dataclass(frozen=True)
 class ScorePrivacy(_Settings):
-    """How the client privatises its R scores: Gaussian (the paper's) or Laplace noise; `epsilon=None`: exact counts."""
+    """How the client privatises its R scores: Gaussian (the paper's) or Laplace noise; `epsilon=None`: exact counts.
+
+    A fleet (`clients=N`, Flower) also says how its devices share the noise: `noise=local` (each device adds the full
+    noise for (ε, δ): without a secure sum the cloud sees each device's answer) or `distributed` (under a secure sum,
+    each device adds integer Skellam noise sized so that the sum of any `min_answers` devices carries (ε, δ) once), and
+    what one unit of privacy is: `unit=sample` (one sample changes one count by one) or `device` (a device's whole
+    count vector, clipped on the device to L2 norm `clip_norm`)."""
 
     prefix = "client."
 
     mechanism: str = "gaussian"
     epsilon: Optional[float] = 0.58  # the paper's ε for every ECOS row
     delta: float = 1e-5
+    noise: str = "local"  # local: each device adds the full σ; distributed: shares of it under a secure sum
+    unit: str = "sample"  # sample: one sample is protected; device: a device's whole contribution (clipped to clip_norm)
+    clip_norm: float = 10.0  # C, the L2 bound of a device's count vector with unit=device (its sensitivity)
+    min_answers: Optional[int] = None  # distributed noise: the fewest devices whose sum must carry (ε, δ); null: all
 
     def __post_init__(self):
         if self.mechanism not in ("gaussian", "laplace"):
             raise ECOSInputError(f"{self.prefix}mechanism={self.mechanism!r} is not one of: gaussian, laplace.")
         check_number(f"{self.prefix}epsilon", self.epsilon, low=0.0, low_open=True, optional=True)
         check_number(f"{self.prefix}delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.noise not in ("local", "distributed"):
+            raise ECOSInputError(f"{self.prefix}noise={self.noise!r} is not one of: local, distributed.")
+        if self.unit not in ("sample", "device"):
+            raise ECOSInputError(f"{self.prefix}unit={self.unit!r} is not one of: sample, device.")
+        check_number(f"{self.prefix}clip_norm", self.clip_norm, low=0.0, low_open=True)
+        if self.min_answers is not None:
+            from ecos_pl.protocol.errors import check_count
+
+            check_count(self.min_answers, f"{self.prefix}min_answers", low=1)
+        if self.epsilon is not None and (self.noise == "distributed" or self.unit == "device") and self.mechanism != "gaussian":
+            raise ECOSInputError(f"{self.prefix}mechanism=laplace goes with noise=local and unit=sample only "
+                                 f"(distributed noise is Skellam, calibrated like the Gaussian).")
         if self.epsilon is not None and self.mechanism == "gaussian":
             from ecos_pl.protocol.privacy import gaussian_sigma
 
             gaussian_sigma(self.epsilon, self.delta)  # an (ε, δ) no finite σ meets is refused now, not at scoring
 
     def mechanism_object(self):
-        """The `ScoreMechanism` that adds the noise and accounts for it."""
+        """The `ScoreMechanism` that adds the noise and accounts for it (sensitivity `clip_norm` with unit=device)."""
         from ecos_pl.protocol.privacy import ScoreMechanism
 
-        return ScoreMechanism.from_settings(self.epsilon, self.mechanism, self.delta)
+        return ScoreMechanism.from_settings(self.epsilon, self.mechanism, self.delta,
+                                            sensitivity=self.clip_norm if self.unit == "device" else 1.0)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ecos_pl.protocol import driver
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.exchange import InProcessExchange
 from ecos_pl.protocol.messages import KIND_NAMES, parse_message
+from ecos_pl.protocol.secure_sum import SecureSumExchange
 
 
 class Transport(ABC):
@@ -44,14 +45,26 @@ class Transport(ABC):
     def resume(self, strategy: driver.Strategy, clients: list, message, state):
         """`driver.resume` from the first message over this transport's exchange with `clients`."""
 
+    def with_secure_sum(self) -> "Transport":
+        """This transport with the centroids round summed securely (`client.noise=distributed`: a device's share
+        alone is not private); one that has no secure sum says so."""
+        raise ECOSInputError(f"client.noise=distributed needs a secure sum, which transport={self.name} has not; use "
+                             "transport=inprocess (an exact sum standing for SecAgg+) or the Flower apps with secagg.")
 
+
+@dataclass
 class InProcess(Transport):
-    """The clients in this process: each message is handed to each client's `handle`."""
+    """The clients in this process: each message is handed to each client's `handle`; with `secure_sum` the
+    centroids round hands the cloud only the exact sum of the devices' shares (`SecureSumExchange`, SecAgg+'s result)."""
 
-    name = "inprocess"
+    secure_sum: bool = False
+    name: ClassVar[str] = "inprocess"
 
     def resume(self, strategy, clients, message, state):
-        return driver.resume(strategy, InProcessExchange(clients), message, state)
+        return driver.resume(strategy, (SecureSumExchange if self.secure_sum else InProcessExchange)(clients), message, state)
+
+    def with_secure_sum(self) -> "InProcess":
+        return InProcess(secure_sum=True)
 
 
 @dataclass
