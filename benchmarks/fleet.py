@@ -49,7 +49,7 @@ def part_digits(args) -> list[dict]:
                 if n == 1 and noise == "distributed":
                     continue
                 for unit in args.units:
-                    base = [f"data={args.data}", f"seed={seed}", f"budget={args.budget}", "cache_dir=null", *args.override]
+                    base = [f"data={args.data}", f"seed={seed}", f"budget={args.budget}", "datamodule.pipeline.cache_dir=null", *args.override]
                     if n == -1:  # one device per sample
                         n_train = n_train or len(_pipeline(base).data.client_train)
                     devices = n_train if n == -1 else n
@@ -128,7 +128,7 @@ def part_forge(args) -> list[dict]:
                 if mode == "secure sum" and forged > 2**31:
                     continue  # SecAgg+'s modulus: a forger's value is any integer below it
                 noise = "local" if mode == "plain" else "distributed"
-                p = _pipeline([f"data={args.data}", "seed=1", f"budget={args.budget}", "cache_dir=null", f"clients={n}",
+                p = _pipeline([f"data={args.data}", "seed=1", f"budget={args.budget}", "datamodule.pipeline.cache_dir=null", f"clients={n}",
                                f"client.noise={noise}", *args.override])
                 cloud = p.sampler.cloud(p.pool_features, p.seed)
                 message = cloud.compress()

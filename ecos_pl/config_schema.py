@@ -221,6 +221,9 @@ def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str,
     `overrides`: the command line's (train.py passes Hydra's); a `+key=value` among them must name a setting.
     """
     check_additions(overrides)
+    if "cache_dir" in cfg and not OmegaConf.select(cfg, "cache_dir"):  # the data configs build `${cache_dir}/data`
+        raise ECOSInputError("cache_dir must name a folder (default ~/.cache/ecos-pl; ECOS_CACHE=DIR moves it); "
+                             "datamodule.pipeline.cache_dir=null turns off the selection and feature caches alone.")
     checked = {}
     for prefix, schema in SECTIONS:
         values = _read(cfg, prefix, schema)

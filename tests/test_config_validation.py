@@ -47,6 +47,7 @@ def test_every_default_configuration_is_valid(scenario, sampler):
         ("sampler.send_radii=maybe", "sampler.send_radii must be true or false, got 'maybe'."),
         ("datamodule.batch_size=0", "datamodule.batch_size must be at least 1, got 0."),
         ("datamodule.pipeline.feature_dtype=int8", "datamodule.pipeline.feature_dtype='int8' is not one of: auto, float32, float16."),
+        ("cache_dir=null", "cache_dir must name a folder"),
         ("trainer.max_epochs=1", "trainer.max_epochs=1 has no effect under scenario.train_length=budget"),
     ],
 )
