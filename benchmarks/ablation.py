@@ -56,12 +56,11 @@ def main(argv: list[str]) -> int:
     found = []
     for scenario, part, extra in ROWS:
         argv_ = ["data=digits5_lite", f"scenario={scenario}", *extra, "samplers=[ecos,random]", f"seeds={seeds}",
-                 f"domains=[{args.domain}]", f"out={args.out}"]
+                 f"domains=[{args.domain}]", f"out={args.out}", f"table=parts/ablation-{scenario}{compare_samplers.variant_tag(extra)}-{args.domain}"]
         if compare_samplers.main(argv_) != 0:
             return 1
         layout = compare_samplers.data_layout([f"scenario={scenario}", "data=digits5_lite", *extra])
-        tag = compare_samplers.variant_tag(extra)
-        table = json.loads((ROOT / args.out / f"compare_samplers-{scenario}-{compare_samplers.data_name('digits5_lite', layout)}{tag}-{args.domain}.json").read_text())
+        table = json.loads((ROOT / args.out / "parts" / f"ablation-{scenario}{compare_samplers.variant_tag(extra)}-{args.domain}.json").read_text())
         rows = table["runs"]
         acc = {s: _mean([r["client_test_acc"] for r in rows[s]]) for s in ("ecos", "random")}
         labels = [_mean([r.get("pseudo_label_acc") for r in rows[s]]) for s in ("ecos", "random")]

@@ -43,11 +43,11 @@ def main(argv: list[str]) -> int:
     tables, found = [], {}
     for data in args.data:
         domains = [] if DATA[data] is None else (["domains=all"] if args.domains == "all" else [f"domains=[{DATA[data]}]"])
-        cs = [f"data={data}", "scenario=compression", f"samplers=[{','.join(SAMPLERS)}]", f"seeds={seeds}", *domains, f"out={args.out}"]
+        cs = [f"data={data}", "scenario=compression", f"samplers=[{','.join(SAMPLERS)}]", f"seeds={seeds}", *domains, f"out={args.out}", f"table=parts/adaptive-{data}"]
         if compare_samplers.main(cs) != 0:
             return 1
         out = Path(args.out)
-        stem = sorted(out.glob(f"compare_samplers-compression-{data}*.json"), key=lambda p: p.stat().st_mtime)[-1]
+        stem = out / "parts" / f"adaptive-{data}.json"
         table = json.loads(stem.read_text())
         found[data] = table
         tables.append(rows_of(data, table["runs"], table.get("domains"), table.get("layout")))

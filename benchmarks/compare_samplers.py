@@ -41,6 +41,9 @@ DEFAULTS = {
     "domains": None,  # None: the data config's client domain
     "one_seed": [],  # samplers run on the first seed only (the costly ceilings: full, local, oracle_central)
     "out": "benchmarks/results",
+    # the table's name under `out` (None: compare_samplers-<scenario>-<data>...); a benchmark that runs a few rows for
+    # its own table (ablation.py, adaptive.py) names its own, so it never overwrites a headline table's seeds
+    "table": None,
 }
 #: the client domains of `domains=all`
 DOMAINS = {"digits5_lite": ["mnist", "svhn", "usps", "syn", "mnistm"]}
@@ -234,7 +237,8 @@ def main(argv: list[str]) -> int:
     print(table)
     # a table of some client domains only is named by them, so it never overwrites the every-domain table
     subset = f"-{'_'.join(domains)}" if domains and sorted(domains) != sorted(DOMAINS.get(data, [])) else ""
-    stem = out_dir / f"compare_samplers-{scenario}-{data_label}{tag}{subset}"
+    stem = out_dir / (opts["table"] or f"compare_samplers-{scenario}-{data_label}{tag}{subset}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stem.with_suffix(".md"), table)
     write_json_atomic({"title": title, "command": command.strip(), "scenario": scenario, "data": data, "layout": layout,
                        "domains": domains, "overrides": overrides, "runs": rows}, stem.with_suffix(".json"))

@@ -204,6 +204,11 @@ def write_results(results_dir: Path, readme: Path | None = None) -> Path:
         if curve.get("figure"):
             # next to its JSON (the absolute path it was written to may be another checkout's)
             parts += [f"![budget curve]({results_dir.name}/{Path(curve['figure']).name})", ""]
+    # the benchmarks that write their own markdown (ablation.py, adaptive.py): their table as written, picture beside it
+    for path in sorted(results_dir.glob("ablation-*.md")) + sorted(results_dir.glob("adaptive.md")):
+        parts += [path.read_text().strip().replace("### ", "## ", 1), ""]
+        if path.with_suffix(".png").exists():
+            parts += [f"![{path.stem}]({results_dir.name}/{path.with_suffix('.png').name})", ""]
     out = results_dir.parent / "RESULTS.md"
     write_text_atomic(out, "\n".join(parts).rstrip() + "\n")
     if readme is not None:
