@@ -139,12 +139,14 @@ class DeviceConfig:
 def read_device_features(images: Path, phi_path: Path) -> tuple[np.ndarray, bytes]:
     """(φ of every image under the device's own folder, rows L2-normalised; φ's tag), φ being the cloud's φ file read
     as data. The device refuses centroids whose tag is not this φ's (`ECOSClient(phi_tag=...)`)."""
-    from ecos_pl.cli.common import load_phi
     from ecos_pl.data.images import decode_images, list_images
+    from ecos_pl.phi_file import load_phi_file
     from ecos_pl.protocol.features import unit_rows
     from ecos_pl.protocol.messages import phi_tag
 
-    phi, image_size = load_phi(phi_path, PHI)
+    if not Path(phi_path).is_file():
+        raise ECOSInputError(f"{PHI} {phi_path} in the node config is not a file.")
+    phi, image_size = load_phi_file(phi_path, PHI)
     root = Path(images)
     if not root.is_dir():
         raise ECOSInputError(f"{IMAGES} {root} in the node config is not a folder.")

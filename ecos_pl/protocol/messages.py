@@ -1,7 +1,6 @@
 """Everything that crosses between client and cloud, as small typed, self-describing messages.
 
-The protocol itself is two messages (centroids down, scores up). The
-`pseudo_label` scenario adds one more round: the proxy set's features down and
+Two messages make the protocol (centroids down, scores up); `pseudo_label` adds the proxy set's features down and
 one label per proxy sample up.
 
 Wire format, schema version 2 (little endian), `HEADER_BYTES` = 32 in all:
@@ -20,12 +19,10 @@ Wire format, schema version 2 (little endian), `HEADER_BYTES` = 32 in all:
         28    n payload
       28+n    4 CRC32  of everything before it
 
-`nbytes` is the exact length of `to_bytes()`, so the reported traffic is the real
-traffic: the scores a client uploads are `4·R + HEADER_BYTES` bytes. Parsing is
-strict (every field is checked and every byte string that parses writes itself
-back unchanged); whatever is wrong raises `ECOSInputError` with one sentence.
-The tag is a consistency check against mix-ups (wrong φ, scores for another
-compression run), not authentication: like the CRC, it does not stop a forger.
+`nbytes` is the exact length of `to_bytes()`, so the reported traffic is the real traffic (scores: `4·R + 32` bytes).
+Parsing is strict (every field checked; every byte string that parses writes itself back unchanged); whatever is
+wrong raises `ECOSInputError` with one sentence. The tag is a consistency check against mix-ups (wrong φ, scores
+for another compression run), not authentication: like the CRC, it does not stop a forger.
 """
 
 from __future__ import annotations
@@ -42,18 +39,14 @@ from ecos_pl.protocol.errors import ECOSInputError, check_epsilon, check_scores
 #: a label that is none: a client's abstention in a `LabelsMessage`, a target not trained on, a pool sample outside
 #: the client's classes (`ecos_pl.data.base`)
 NONE_LABEL = -1
-MAGIC = b"ECOS"
-SCHEMA_VERSION = 2
+MAGIC, SCHEMA_VERSION = b"ECOS", 2
 KIND_CENTROIDS = 1
 KIND_SCORES = 2
 KIND_PROXY_FEATURES = 3
 KIND_LABELS = 4
 KIND_NAMES = {KIND_CENTROIDS: "centroids", KIND_SCORES: "scores", KIND_PROXY_FEATURES: "proxy features", KIND_LABELS: "labels"}
-FLAG_RADII = 1
-FLAG_VALUE = 2
-FLAG_TAG = 4
-DTYPE_FLOAT32 = 1
-DTYPE_INT16 = 2
+FLAG_RADII, FLAG_VALUE, FLAG_TAG = 1, 2, 4
+DTYPE_FLOAT32, DTYPE_INT16 = 1, 2
 DTYPES = {DTYPE_FLOAT32: np.dtype("<f4"), DTYPE_INT16: np.dtype("<i2")}
 TAG_BYTES = 4
 _NO_TAG = bytes(TAG_BYTES)
@@ -63,9 +56,7 @@ _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _CRC.size
 #: bounds of the header's shape fields, checked before anything is allocated for a payload:
 #: rows (R centroids or scores, B proxy samples or labels), columns d, and values R·d (1 GiB of float32)
-MAX_ROWS = 2**24
-MAX_DIM = 2**16
-MAX_VALUES = 2**28
+MAX_ROWS, MAX_DIM, MAX_VALUES = 2**24, 2**16, 2**28
 #: the longest message there can be; a longer file is refused before it is read
 MAX_MESSAGE_BYTES = HEADER_BYTES + 4 * (MAX_VALUES + MAX_ROWS)
 
