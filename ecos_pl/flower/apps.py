@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, FlowerExchange, encode, round_of
 from ecos_pl.flower.secagg import SecAggExchange, check_no_client_cap, secagg_reply
 from ecos_pl.protocol import driver
-from ecos_pl.protocol.device import DeviceRefusal
+from ecos_pl.protocol.device import IMAGES, PHI, DeviceRefusal
 from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.protocol.messages import parse_message
 
@@ -200,7 +200,7 @@ def device_client(context: Context, shard_features=None):
     images (`client-index=i`), shard i of the run config's shared data (`shard_features(index)`, default: train.py's).
     The noise comes from the OS's CSPRNG unless the node config sets `seed`: knowing the run config gives nothing."""
     from ecos_pl.flower.run_config import asked_privacy, run_settings
-    from ecos_pl.protocol.device import DeviceConfig, read_device_features
+    from ecos_pl.protocol.device import DeviceConfig
     from ecos_pl.protocol.parties import ECOSClient
 
     device = DeviceConfig.from_node_config(context.node_config)
@@ -215,6 +215,25 @@ def device_client(context: Context, shard_features=None):
     return ECOSClient(features, epsilon=asked.epsilon, mechanism=asked.mechanism, delta=asked.delta, seed=device.seed,
                       phi_tag=tag, noise=fleet.noise, unit=fleet.unit, clip_norm=fleet.clip_norm,
                       min_answers=run_settings(context.run_config).min_answers)
+
+
+def read_device_features(images: Path, phi_path: Path) -> tuple[np.ndarray, bytes]:
+    """(φ of every image under the device's own folder, rows L2-normalised; φ's tag), φ being the cloud's φ file read
+    as data. The device refuses centroids whose tag is not this φ's (`ECOSClient(phi_tag=...)`). Here, not in protocol/: reading files
+    and φ is the application's; the protocol gets arrays."""
+    from ecos_pl.data.images import decode_images, list_images
+    from ecos_pl.phi_file import load_phi_file
+    from ecos_pl.protocol.features import unit_rows
+    from ecos_pl.protocol.messages import phi_tag
+
+    if not Path(phi_path).is_file():
+        raise ECOSInputError(f"{PHI} {phi_path} in the node config is not a file.")
+    phi, image_size = load_phi_file(phi_path, PHI)
+    root = Path(images)
+    if not root.is_dir():
+        raise ECOSInputError(f"{IMAGES} {root} in the node config is not a folder.")
+    decoded, _ = decode_images(root, list_images(root, IMAGES), image_size, IMAGES)
+    return unit_rows(phi.transform(decoded), f"{IMAGES} {root} features"), phi_tag(phi.fingerprint())
 
 
 def _run_config_shard(run_config, index: int):

@@ -136,24 +136,6 @@ class DeviceConfig:
         return cls(floor, images, phi, seed, index, simulated)
 
 
-def read_device_features(images: Path, phi_path: Path) -> tuple[np.ndarray, bytes]:
-    """(φ of every image under the device's own folder, rows L2-normalised; φ's tag), φ being the cloud's φ file read
-    as data. The device refuses centroids whose tag is not this φ's (`ECOSClient(phi_tag=...)`)."""
-    from ecos_pl.data.images import decode_images, list_images
-    from ecos_pl.phi_file import load_phi_file
-    from ecos_pl.protocol.features import unit_rows
-    from ecos_pl.protocol.messages import phi_tag
-
-    if not Path(phi_path).is_file():
-        raise ECOSInputError(f"{PHI} {phi_path} in the node config is not a file.")
-    phi, image_size = load_phi_file(phi_path, PHI)
-    root = Path(images)
-    if not root.is_dir():
-        raise ECOSInputError(f"{IMAGES} {root} in the node config is not a folder.")
-    decoded, _ = decode_images(root, list_images(root, IMAGES), image_size, IMAGES)
-    return unit_rows(phi.transform(decoded), f"{IMAGES} {root} features"), phi_tag(phi.fingerprint())
-
-
 # ---------------------------------------------------------------------- how a device bounds and noises its counts
 
 NOISES, UNITS = ("local", "distributed"), ("sample", "device")
