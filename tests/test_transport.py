@@ -67,7 +67,7 @@ def test_files_exchange_carries_the_programs_message_files(tmp_path, mixture):
         FilesExchange([client])
 
 
-def _pipeline(tmp_path, transport, clients=3):
+def _pipeline(tmp_path, transport, clients=3, noise="local"):
     from ecos_pl.data.digits_lite import DigitsLite
     from ecos_pl.phi import HOGFeatures, PCAPixels
     from ecos_pl.pipeline import ProtocolPipeline
@@ -75,7 +75,7 @@ def _pipeline(tmp_path, transport, clients=3):
 
     return ProtocolPipeline(
         DigitsLite(seed=1, client_domain="photo", cache_dir=str(tmp_path / "data")), PCAPixels(n_components=16, seed=1),
-        ECOSSampler(Clustering(n_centroids=12)), budget=60, seed=3, score_privacy=ScorePrivacy(epsilon=4.0),
+        ECOSSampler(Clustering(n_centroids=12)), budget=60, seed=3, score_privacy=ScorePrivacy(epsilon=4.0, noise=noise),
         proxy_labels=ClientKNNLabels(HOGFeatures(n_components=16, seed=1), Labelling(k=5, sigma=1.0, sampling_rate=0.5)),
         clients=clients, transport=transport,
     )
@@ -123,3 +123,19 @@ def test_flower_transport_gives_the_in_process_proxy_set_and_labels(tmp_path, mo
     assert flower_report.proxy_set_sha1 == report.proxy_set_sha1
     assert flower_labels["proxy_targets_sha1"] == labels["proxy_targets_sha1"]
     assert flower_report.bytes_up == report.bytes_up == 3 * (4 * 12 + 32)
+
+
+def test_flower_transport_sums_distributed_shares_by_secagg_to_the_in_process_secure_sum(tmp_path, monkeypatch):
+    """client.noise=distributed over Flower: SecAgg+ unmasks exactly the sum the in-process secure sum computes."""
+    pytest.importorskip("flwr", reason="the flower extra is not installed (uv sync --extra flower)")
+    from ecos_pl.flower.transport import FlowerSimulation
+
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    _, report = _pipeline(tmp_path, InProcess(), noise="distributed").select()
+    assert report.proxy_set_sha1 != _pipeline(tmp_path, InProcess()).select()[1].proxy_set_sha1  # the noise differs
+    flower = FlowerSimulation(num_cpus=1, timeout=200.0, round_timeout=60.0)
+    _, secagg_report = _pipeline(tmp_path, flower, noise="distributed").select()
+    assert secagg_report.proxy_set_sha1 == report.proxy_set_sha1
+    with pytest.raises(ECOSInputError, match=r"client.noise=distributed needs a secure sum, which transport=files has not"):
+        _pipeline(tmp_path, Files(str(tmp_path / "m")), noise="distributed").select()
