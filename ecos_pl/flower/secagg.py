@@ -101,6 +101,15 @@ def secagg_reply(message: Message, client, index: int) -> Message:
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
 
 
+def _epsilons_text(epsilons: dict) -> str:
+    """The clients' ε for the log: one value when they agree (a fleet of 100 is one line, not 100 entries)."""
+    values = {e for e in epsilons.values()}
+    if len(values) == 1:
+        (e,) = values
+        return f"{e if e is not None else 'exact'} for all {len(epsilons)}"
+    return ", ".join(f"{c}: {e if e is not None else 'exact'}" for c, e in sorted(epsilons.items()))
+
+
 def check_no_client_cap(sampler) -> None:
     """SecAgg+ hides each client's scores, so a median-relative per-client cap cannot apply: refuse it."""
     cap = getattr(getattr(sampler, "allocation", None), "client_cap", None)
@@ -180,7 +189,7 @@ class SecAggExchange(GridExchange):
         clipped = sum(int(m.get("clipped", 0)) for m in reports)
         log.info("SecAgg+ round: the cloud received only masked vectors from %d of %d clients and unmasked their sum "
                  "(%d counts, total %.0f); client ε: %s%s", self._summed, n, total.size, total.sum(),
-                 ", ".join(f"{c}: {e if e is not None else 'exact'}" for c, e in sorted(epsilons.items())),
+                 _epsilons_text(epsilons),
                  f"; {clipped} entries clipped at {self.clip} on the devices" if clipped else "")
         eps = set(epsilons.values())
         return [ScoresMessage(total.astype(np.float32), eps.pop() if len(eps) == 1 else None)], seconds, 0
