@@ -4,10 +4,13 @@ and how much of the budget one forging device takes (issue 29, item 5; selection
     uv run python benchmarks/fleet.py --part digits   # train.py's pipeline on digits_lite: N = 1, 10, 100, one per sample
     uv run python benchmarks/fleet.py --part scale    # synthetic features: 1,000 and 10,000 devices of 50 samples
     uv run python benchmarks/fleet.py --part forge    # one forging device among 3, 10, 100, plain and under a secure sum
+    uv run python benchmarks/fleet.py --part train    # train.py runs (student trained): N = 1, 10, 100, one per sample
+    uv run python benchmarks/fleet.py --part flower   # 100 devices through Flower's simulation with SecAgg+
 
 Each part writes benchmarks/results/fleet-<part>.json and .md. `--seeds` and `--n` shrink a part. What is
-measured is the proxy set's in-domain share (the pool's base rate on digits_lite is 0.084): the client-test accuracy
-of a student trained on it needs `train.py ... clients=N client.noise=...` runs, which this script does not start.
+measured is the proxy set's in-domain share (the pool's base rate on digits_lite is 0.084); `--part train` adds the
+client-test accuracy of the student trained on it: whole `train.py` runs (compression, the default φ), each kept as its
+results JSON under benchmarks/results/runs/fleet-train-<data>/ so an interrupted part resumes.
 """
 
 from __future__ import annotations
@@ -58,10 +61,117 @@ def part_digits(args) -> list[dict]:
                     _, report = p.select()
                     sp = report.score_privacy or {}
                     rows.append({"data": args.data, "seed": seed, "devices": devices, "noise": noise, "unit": unit,
-                                 "in_domain": round(report.in_domain_fraction, 4), "device_sigma": round(sp.get("device_sigma", 0), 3),
-                                 "sum_sigma": round(sp.get("sum_sigma", 0), 3), "bytes_up_per_device": report.bytes_up // devices,
+                                 "in_domain": round(report.in_domain_fraction, 4), "device_sigma": round(sp.get("device_sigma") or sp.get("noise_sigma", 0), 3),
+                                 "sum_sigma": round(sp.get("sum_sigma") or sp.get("noise_sigma", 0), 3), "bytes_up_per_device": report.bytes_up // devices,
                                  "bytes_down_per_device": report.bytes_down, "seconds": round(time.perf_counter() - start, 2)})
                     print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def part_train(args) -> list[dict]:
+    """Whole `train.py` runs (compression: the student trained on the proxy set, tested on the client's test split)
+    with the client split over N devices, local vs distributed noise at the fleet's ε; one row per (N, noise), mean ±
+    std over the seeds."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_samplers import mean_std, run_kept
+
+    runs = args.out / "runs" / f"fleet-train-{args.data}"
+    runs.mkdir(parents=True, exist_ok=True)
+    n_train, one_client = None, {}
+    rows, points = [], []
+    for n in args.n:
+        for noise in ("local", "distributed"):
+            if n == 1 and noise == "distributed":
+                continue
+            results = []
+            for seed in args.seeds:
+                base = [f"data={args.data}", "scenario=compression", f"seed={seed}", *args.override]
+                if n == -1:
+                    n_train = n_train or len(_pipeline(base).data.client_train)
+                devices = n_train if n == -1 else n
+                fleet = [f"clients={devices}", f"client.noise={noise}"] if devices > 1 else []
+                kept = run_kept(base + fleet, runs / f"ecos-n{n}-{noise}-seed{seed}.json")
+                if kept is None:
+                    raise SystemExit(f"a train.py run failed: {' '.join(base + fleet)}")
+                results.append(kept)
+            if devices == 1:
+                one_client = {r["seed"]: r["client_test_acc"] for r in results}
+            paired = [r["client_test_acc"] - one_client[r["seed"]] for r in results if r["seed"] in one_client] if n != 1 else []
+            rows.append({"data": args.data, "devices": devices, "noise": noise if devices > 1 else "one client",
+                         "seeds": len(results),
+                         "client_test_acc": mean_std([r["client_test_acc"] for r in results]),
+                         "acc_minus_one_client": mean_std(paired) if paired else "–",
+                         "in_domain": mean_std([r["in_domain_fraction"] for r in results]),
+                         "sum_sigma": mean_std([round(r["score_privacy"].get("sum_sigma") or r["score_privacy"]["noise_sigma"], 3) for r in results]),
+                         "bytes_up_per_device": results[0]["bytes_up"] // devices,
+                         "selection_seconds": mean_std([round(sum(r["timings"][k] for k in ("features", "compress", "score", "select")), 2) for r in results]),
+                         "proxy_set_sha1_seed1": results[0]["proxy_set_sha1"][:12]})
+            points.append((devices, rows[-1]["noise"], [r["client_test_acc"] for r in results], [r["in_domain_fraction"] for r in results]))
+            print(json.dumps(rows[-1]), flush=True)
+    _plot_train(points, args.out / f"{args.name or 'fleet-train'}.png", args.data)
+    return rows
+
+
+def _plot_train(points, path: Path, data: str) -> None:
+    """Accuracy and in-domain share against the number of devices, local vs distributed noise, N = 1 as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, k, label in ((axes[0], 2, "client test accuracy"), (axes[1], 3, "in-domain share of the proxy set")):
+        for noise, colour in (("one client", "black"), ("local", "tab:red"), ("distributed", "tab:blue")):
+            xs = [p[0] for p in points if p[1] == noise]
+            if not xs:
+                continue
+            means = [float(np.mean(p[k])) for p in points if p[1] == noise]
+            sds = [float(np.std(p[k], ddof=1)) if len(p[k]) > 1 else 0.0 for p in points if p[1] == noise]
+            if noise == "one client":
+                ax.axhline(means[0], color=colour, ls="--", lw=1, label="N = 1")
+                continue
+            ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, color=colour, label=f"{noise} noise")
+        ax.set_xscale("log")
+        ax.set_xlabel("devices N (client split over)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"a fleet at the fleet's ε = 0.58 ({data}, compression; mean ± sd over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def part_flower(args) -> list[dict]:
+    """Whole `train.py` runs with `transport=flower`: N devices in Flower's simulation (Ray), distributed noise, the
+    centroids round summed by SecAgg+; wall time, and whether the proxy set is the in-process secure sum's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_samplers import run_kept
+
+    from ecos_pl.atomic import write_json_atomic
+
+    runs = args.out / "runs" / f"fleet-train-{args.data}"
+    runs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.n:
+        for seed in args.seeds:
+            base = [f"data={args.data}", "scenario=compression", f"seed={seed}", *args.override, f"clients={n}", "client.noise=distributed"]
+            file = runs / f"flower-n{n}-seed{seed}.json"
+            start = time.perf_counter()
+            flower = run_kept(base + ["transport=flower", "datamodule.pipeline.reuse_selection=false"], file)
+            if flower is None:
+                raise SystemExit(f"the Flower run failed: {' '.join(base)} transport=flower")
+            if "wall_seconds" not in flower:  # a fresh run: its whole time (Ray's start and stop, the student's training)
+                flower["wall_seconds"] = round(time.perf_counter() - start, 1)
+                write_json_atomic(flower, file)
+            in_process = run_kept(base, runs / f"ecos-n{n}-distributed-seed{seed}.json")
+            rows.append({"data": args.data, "seed": seed, "devices": n, "transport": "flower + SecAgg+",
+                         "client_test_acc": round(flower["client_test_acc"], 4), "in_domain": round(flower["in_domain_fraction"], 4),
+                         "selection_seconds": round(sum(flower["timings"][k] for k in ("features", "compress", "score", "select")), 1),
+                         "train_seconds": round(flower["timings"]["train"], 1), "wall_seconds": flower["wall_seconds"],
+                         "bytes_up_per_device": flower["bytes_up"] // n,
+                         "same_proxy_set_as_in_process": flower["proxy_set_sha1"] == (in_process or {}).get("proxy_set_sha1")})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -145,11 +255,13 @@ def part_forge(args) -> list[dict]:
                     total = np.maximum(sum(c.share(message) for c in honest) + forger, 0)
                     selection = cloud.select(ScoresMessage(total.astype(np.float32)), p.budget)
                 share = float(np.mean(cloud.clusters.assignments[selection] == target))
-                without = p.sampler.sample(p.pool_features, clients if mode == "plain" else SecureSumExchange(clients),
+                fresh = p.clients()  # the honest devices above spent their score budget on this round
+                without = p.sampler.sample(p.pool_features, fresh if mode == "plain" else SecureSumExchange(fresh),
                                            p.budget, p.seed)  # the same clusters (the same seed), no forger
                 honest_share = float(np.mean(cloud.clusters.assignments[without.indices] == target))
                 rows.append({"devices": n, "mode": mode, "forged": forged, "target_share": round(share, 4),
-                             "target_share_without_forger": round(honest_share, 4), "fair_share": round(1 / n, 4)})
+                             "target_share_without_forger": round(honest_share, 4), "fair_share": round(1 / n, 4),
+                             "within_fair_share_plus_0.10": share <= 1 / n + 0.10})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -163,7 +275,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("digits", "scale", "forge"), required=True)
+    parser.add_argument("--part", choices=("digits", "scale", "forge", "train", "flower"), required=True)
     parser.add_argument("--data", default="digits_lite")
     parser.add_argument("--n", type=int, nargs="+", help="devices (-1: one per client sample)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -174,9 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default=None, help="the results' file name (default fleet-<part>)")
     args = parser.parse_args(argv)
-    args.n = args.n or {"digits": [1, 10, 100, -1], "scale": [1000, 10000], "forge": [3, 10, 100]}[args.part]
+    args.n = args.n or {"digits": [1, 10, 100, -1], "scale": [1000, 10000], "forge": [3, 10, 100], "train": [1, 10, 100, -1], "flower": [100]}[args.part]
     start = time.perf_counter()
-    rows = {"digits": part_digits, "scale": part_scale, "forge": part_forge}[args.part](args)
+    rows = {"digits": part_digits, "scale": part_scale, "forge": part_forge, "train": part_train, "flower": part_flower}[args.part](args)
     command = "uv run python benchmarks/fleet.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = {"command": command, "seconds": round(time.perf_counter() - start, 1), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -275,21 +275,41 @@ def test_one_forged_client_with_counts_of_1e9_does_not_take_most_of_a_fleet_sele
     assert [c["cap_scale"] is None for c in capped["clients"]] == [True, True, True, False]
 
 
-def test_the_cap_leaves_an_honest_fleet_bit_identical_and_bounds_a_forger_to_cap_times_the_median(fleet, tmp_path):
+def test_the_cap_touches_an_honest_client_only_above_its_bounds_and_bounds_a_forger_to_cap_times_the_median(fleet, tmp_path):
     honest, _ = _select(fleet, fleet["files"], tmp_path / "a.json")
     uncapped, _ = _select(fleet, fleet["files"], tmp_path / "b.json", "--client-cap", "none")
-    assert honest["indices"] == uncapped["indices"] and honest["scores_total"] == uncapped["scores_total"]
     scores = [ScoresMessage.from_bytes(f.read_bytes()).scores.astype(np.float64) for f in fleet["files"]]
+    # three clients on three domains: the exact one (domain 15) has all 300 samples in one cluster, a largest count
+    # above 2 x the others' median largest count, so it alone is bounded; the proxy set moves by a pick or two of 40
+    peaks, totals = np.array([s.max() for s in scores]), np.array([s.sum() for s in scores])
+    above = [peaks[i] > CLIENT_CAP * np.median(np.delete(peaks, i)) or totals[i] > CLIENT_CAP * np.median(np.delete(totals, i))
+             for i in range(3)]
+    assert [c["cap_scale"] is not None for c in honest["clients"]] == above == [False, False, True]
+    assert 0 < len(set(honest["indices"]) ^ set(uncapped["indices"])) <= 4
+    assert cap_client_scores(scores[:2])[1] == [None, None]  # two comparable clients: untouched
     forged = np.zeros(40)
     forged[7] = 1e9
     capped, scales = cap_client_scores([*scores, forged])
     assert scales[:3] == [None, None, None]
-    assert capped[3].sum() == pytest.approx(CLIENT_CAP * np.median([s.sum() for s in scores]))
+    assert capped[3][7] == pytest.approx(CLIENT_CAP * np.median([s.max() for s in scores]))  # the per-count bound
+    assert capped[3].sum() <= CLIENT_CAP * np.median([s.sum() for s in scores]) * (1 + 1e-9)  # and the total's
     assert cap_client_scores([forged])[1] == [None]  # one client: its scores are the selection
     cloud_ = ECOSCloud(np.load(fleet["root"] / "pool.npy"), 40, seed=1)
     cloud_.compress()
     cloud_.select([ScoresMessage(s) for s in [*scores, forged]], 40)
     assert np.array_equal(cloud_.fleet_scores, np.sum(capped, axis=0))  # it weighs as an honest client of that size would
+
+
+def test_a_forger_that_puts_an_honest_total_on_one_centroid_is_clipped_to_the_others_median_largest_count():
+    """The total bound alone lets a forger concentrate `cap` × the median total on one centroid, which at τ = 0.5
+    weighs as its square; the per-count bound holds it to `cap` × the others' median largest count."""
+    honest = [np.r_[np.full(4, 10.0 + i), np.zeros(4)] for i in range(9)]  # 4 clusters each, totals 40-72, peaks 10-18
+    forged = np.r_[np.zeros(7), 40.0]  # a total under the total bound, all on one centroid no honest client holds
+    capped, scales = cap_client_scores([*honest, forged])
+    assert scales[:9] == [None] * 9 and all(np.array_equal(c, h) for c, h in zip(capped, honest))
+    assert capped[9][7] == pytest.approx(CLIENT_CAP * 14.0) and scales[9] == pytest.approx(28.0 / 40.0)
+    spread = np.r_[np.full(4, 9.0), np.zeros(4)]  # an honest-looking newcomer is not touched
+    assert cap_client_scores([*honest, spread])[1][9] is None
 
 
 # --------------------------------------------------------------------------- the header fields, by hypothesis

@@ -78,8 +78,8 @@ def cmd_select(args) -> int:
         entry["cap_scale"] = scale
         if scale is not None:
             warnings.warn(
-                f"--scores {entry['scores_file']} claims {msg.scores.sum():.6g} samples, more than --client-cap {args.client_cap:g} "
-                f"times the other clients' median; its scores count {scale:.3g} of their value.",
+                f"--scores {entry['scores_file']} claims {msg.scores.sum():.6g} samples, and more than --client-cap {args.client_cap:g} "
+                f"times the other clients' median total or largest count; its scores count {scale:.3g} of their value.",
                 stacklevel=1,
             )
     proxy = {

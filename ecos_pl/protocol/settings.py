@@ -80,7 +80,8 @@ class Allocation(_Settings):
     prefix = "sampler."
 
     temperature: float = 0.5  # τ; ECOS.md's default is 1
-    #: with several clients, none weighs more than this many times the median of the others (None: no cap)
+    #: with several clients, none claims more than this many times the others' median total, nor any count above this
+    #: many times the others' median largest count (`parties.cap_client_scores`; None: no cap)
     client_cap: Optional[float] = 2.0
 
     def __post_init__(self):
