@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 from ecos_pl.atomic import write_atomic  # noqa: E402
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+
+
 def write_text_atomic(path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text), binary=False)
 
@@ -109,7 +112,33 @@ def part_train(args) -> list[dict]:
             points.append((devices, rows[-1]["noise"], [r["client_test_acc"] for r in results], [r["in_domain_fraction"] for r in results]))
             print(json.dumps(rows[-1]), flush=True)
     _plot_train(points, args.out / f"{args.name or 'fleet-train'}.png", args.data)
+    if args.out == RESULTS and args.data == "digits_lite" and args.seeds == [1, 2, 3]:
+        _readme_table(points, rows)
     return rows
+
+
+#: the README's fleet table lives between these lines, written by `--part train` (digits_lite, seeds 1-3)
+README_START, README_END = "<!-- fleet table: benchmarks/fleet.py --part train -->", "<!-- end of fleet table -->"
+
+
+def _readme_table(points, rows) -> None:
+    from results_md import write_readme_block
+
+    def cell(noise, devices):
+        p = [q for q in points if q[0] == devices and q[1] == noise]
+        if not p:
+            return "–"
+        acc, ind = p[0][2], p[0][3]
+        return f"{100 * np.mean(acc):.1f} ± {100 * np.std(acc, ddof=1):.1f} / {np.mean(ind):.3f}"
+
+    lines = ["| devices | one client or local noise: accuracy (%) / in-domain | distributed noise, secure sum | σ in the sum (local / distributed) |",
+             "|---|---|---|---|"]
+    sigma = {(r["devices"], r["noise"]): r["sum_sigma"].split(" ")[0] for r in rows}
+    for devices in sorted({q[0] for q in points}):
+        local = "one client" if devices == 1 else "local"
+        lines.append(f"| {devices}{' (one per sample)' if devices > 100 else ''} | {cell(local, devices)} | {cell('distributed', devices)} | "
+                     f"{float(sigma[(devices, local)]):.1f} / {float(sigma.get((devices, 'distributed'), 'nan')):.1f} |".replace(" / nan", ""))
+    write_readme_block(ROOT / "README.md", README_START, README_END, "\n".join(lines))
 
 
 def _plot_train(points, path: Path, data: str) -> None:
@@ -266,6 +295,15 @@ def part_forge(args) -> list[dict]:
     return rows
 
 
+def _mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """Part digits' rows averaged over the seeds: the in-domain share per (devices, noise, unit), mean ± sd."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["devices"], r["noise"], r["unit"]), []).append(r["in_domain"])
+    return [{"devices": d, "noise": n, "unit": u, "seeds": len(v),
+             "in_domain": f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"} for (d, n, u), v in groups.items()]
+
+
 def table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -283,7 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=400)
     parser.add_argument("--centroids", type=int, default=128, help="R (part scale)")
     parser.add_argument("--override", nargs="*", default=[], help="more train.py overrides, e.g. phi=pca")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default=None, help="the results' file name (default fleet-<part>)")
     args = parser.parse_args(argv)
     args.n = args.n or {"digits": [1, 10, 100, -1], "scale": [1000, 10000], "forge": [3, 10, 100], "train": [1, 10, 100, -1], "flower": [100]}[args.part]
@@ -294,7 +332,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"fleet-{args.part}"
     write_text_atomic(args.out / f"{name}.json", json.dumps(out, indent=2) + "\n")
-    write_text_atomic(args.out / f"{name}.md", f"`{command}` ({out['seconds']} s)\n\n" + table(rows))
+    summary = "\n" + table(_mean_over_seeds(rows)) if args.part == "digits" and len(args.seeds) > 1 else ""
+    write_text_atomic(args.out / f"{name}.md", f"`{command}` ({out['seconds']} s)\n\n" + table(rows) + summary)
     return 0
 
 

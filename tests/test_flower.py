@@ -40,7 +40,17 @@ def _pipeline(tmp_path, clients, epsilon, client_cap=2.0):
     )
 
 
-def test_flower_simulation_selects_the_in_process_proxy_set(tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_run(tmp_path):
+    """An active offline W&B run in this process, as train.py's default logger has when its data module selects."""
+    import wandb
+
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="ecos-test", settings=wandb.Settings(silent=True))
+    yield run
+    run.finish()
+
+
+def test_flower_simulation_selects_the_in_process_proxy_set(tmp_path, monkeypatch, wandb_run):
     from ecos_pl.flower import simulate, simulation_apps
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
@@ -48,6 +58,7 @@ def test_flower_simulation_selects_the_in_process_proxy_set(tmp_path, monkeypatc
     pipeline = _pipeline(tmp_path, 3, epsilon=4.0)  # noisy scores: each client's seed must match too
     selection, report = pipeline.select()
     server, client = simulation_apps(pipeline, tmp_path / "flower")
+    # with a W&B run active (the default logger) the forked simulation once crashed importing Ray through W&B's hooks
     simulate(server, client, 3, BACKEND, timeout=SIMULATION_TIMEOUT)
     summary = json.loads((tmp_path / "flower" / "proxy_set.json").read_text())
     assert summary["proxy_set_sha1"] == report.proxy_set_sha1

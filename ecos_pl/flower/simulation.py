@@ -82,6 +82,7 @@ def _child(apps: tuple, logs, result, level: int, parent: int) -> None:
     """The simulation's process: its own group, logs to the queue, one outcome as soon as the ServerApp ends, then
     `os._exit` (a ClientApp still busy on a late answer must not keep the process: Flower joins its workers)."""
     os.setsid()
+    _detach_wandb()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -123,6 +124,19 @@ def _child(apps: tuple, logs, result, level: int, parent: int) -> None:
         logs.close()
         logs.join_thread()
         os._exit(0 if outcome is None else 1)
+
+
+def _detach_wandb() -> None:
+    """Drop the W&B import hooks a forked child inherits from the caller's run (train.py's default logger).
+
+    They report each new import (Ray's, when the simulation starts its backend) through the caller's W&B connection,
+    whose event loop does not run in the child, so `import ray` failed there ("Cannot use run() inside async loop")
+    and the simulation crashed. The child logs nothing to W&B; the caller's run is untouched."""
+    import sys
+
+    hooks = sys.modules.get("wandb.sdk.lib.import_hooks")
+    if hooks is not None:
+        hooks.unregister_all_post_import_hooks()
 
 
 def _outcome(err: BaseException) -> tuple[str, str]:
