@@ -350,6 +350,8 @@ def test_sigterm_during_a_simulation_ends_the_process_and_its_ray_processes(tmp_
     assert leaders, "the simulation's process never started"
     time.sleep(3)  # Ray and Flower running
     proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # a second one (`uv run` forwards its own) once cut the stop short of its SIGKILL
     try:
         code = proc.wait(timeout=30)
     finally:
@@ -357,6 +359,21 @@ def test_sigterm_during_a_simulation_ends_the_process_and_its_ray_processes(tmp_
             os.killpg(proc.pid, signal.SIGKILL)
     assert code == 128 + signal.SIGTERM, proc.stderr.read()[-2000:]
     assert _processes_in_group(leaders[0]) == []  # the simulation and Ray's processes in its group are gone
+
+
+def test_a_signal_during_the_stop_is_held_until_the_stop_is_done():
+    import signal
+
+    from ecos_pl.flower.simulation import _signals_held
+
+    done, before = [], signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)  # would end a stop between its SIGTERM and its SIGKILL
+            time.sleep(0.2)
+            done.append(True)
+    assert done == [True] and stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are back
 
 
 def _children_of(pid: int) -> list[int]:

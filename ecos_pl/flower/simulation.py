@@ -14,6 +14,7 @@ same sentence (an `ECOSInputError` stays one).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import math
@@ -66,7 +67,8 @@ def simulate(server_app, client_app, num_supernodes: int, backend_config: dict |
             raise SimulationError(f"the Flower simulation did not finish within its timeout of {timeout:g} s and was "
                                   "stopped with its Ray processes (a round's own timeout should have ended it first).")
     finally:
-        _kill_group(child)  # a stop, a timeout, or what a finished simulation left running in its group
+        with _signals_held():  # a second SIGTERM (`uv run` forwards one) must not cut the stop short of its SIGKILL
+            _kill_group(child)  # a stop, a timeout, or what a finished simulation left running in its group
         restore()
         logs.put(None)  # ends the relay once the child's last records are in
         relay.join(timeout=5)
@@ -194,6 +196,25 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT arriving inside are held and take effect on leaving (SystemExit(143), KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGINT in held:
+        raise KeyboardInterrupt
+    if held:
+        raise SystemExit(128 + held[0])
 
 
 def _stop_child_on_signals(child):
