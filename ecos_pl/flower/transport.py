@@ -3,7 +3,8 @@
 The strategy's `configure` runs here; if it asks the clients anything, a ServerApp resumes the same
 driver (`ecos_pl.protocol.driver.resume`) over a `FlowerExchange`, and node i answers as the run's
 client i (a ClientApp over `ECOSClient.handle`). The simulation runs in a process of its own
-(`simulate`, bounded by `timeout`); the strategy's result comes back as a file of that process.
+(`simulate`, bounded by `timeout`); the strategy's result comes back as files of that process, in formats read
+without unpickling (a selection as the store's checksummed artifact, labels as an array and JSON).
 With `secure_sum` (`client.noise=distributed`) the centroids round is summed by SecAgg+ (`SecAggExchange`): the
 cloud sees only the sum of the devices' shares, the same sum `transport=inprocess` computes exactly.
 """
@@ -11,18 +12,19 @@ cloud sees only the sum of the devices' shares, the same sum `transport=inproces
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ecos_pl.protocol import driver
-from ecos_pl.protocol.transport import Transport
+import numpy as np
 
-#: the result file the simulation's ServerApp writes (inside a temporary folder of this process)
-RESULT = "result.pickle"
+from ecos_pl.protocol import driver
+from ecos_pl.protocol.samplers import Selection
+from ecos_pl.protocol.store import load_selection, save_selection
+from ecos_pl.protocol.transport import Transport
 
 
 @dataclass
@@ -60,7 +62,7 @@ class FlowerSimulation(Transport):
         n = len(clients)
         server = ServerApp()
         with tempfile.TemporaryDirectory(prefix="ecos-flower-") as folder:
-            out = Path(folder) / RESULT
+            out = Path(folder)
 
             @server.main()
             def main(grid, context) -> None:
@@ -69,11 +71,31 @@ class FlowerSimulation(Transport):
                     exchange = SecAggExchange(grid, context, nodes, min_answers=n, timeout=self.round_timeout)
                 else:
                     exchange = FlowerExchange(grid, nodes, min_answers=n, timeout=self.round_timeout)
-                result = driver.resume(strategy, exchange, message, state)
-                out.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+                write_result(driver.resume(strategy, exchange, message, state), out)
 
             simulate(server, client_app(lambda context: clients[client_index(context)]), n, self.backend_config(),
                      timeout=self.timeout)
-            if not out.is_file():
+            result = read_result(out)
+            if result is None:
                 raise SimulationError("the Flower simulation ended without the strategy's result.")
-            return pickle.loads(out.read_bytes())  # written by this run's own simulation process
+            return result
+
+
+def write_result(result, folder: Path) -> None:
+    """A strategy's result as files: a `Selection` as the store's artifact; labels `(targets, stats)` as .npy and JSON."""
+    if isinstance(result, Selection):
+        save_selection(result, folder / "selection.npz")
+    elif isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], np.ndarray) and isinstance(result[1], dict):
+        np.save(folder / "targets.npy", result[0], allow_pickle=False)
+        (folder / "stats.json").write_text(json.dumps(result[1], default=lambda v: v.item()))
+    else:
+        raise TypeError(f"transport=flower carries a Selection or (targets, stats) back, not {type(result).__name__}.")
+
+
+def read_result(folder: Path):
+    """What `write_result` wrote (None: nothing); no pickle is read."""
+    if (folder / "selection.npz").is_file():
+        return load_selection(folder / "selection.npz")[0]
+    if (folder / "stats.json").is_file():
+        return np.load(folder / "targets.npy", allow_pickle=False), json.loads((folder / "stats.json").read_text())
+    return None
