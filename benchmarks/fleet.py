@@ -26,15 +26,28 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ecos_pl.atomic import write_atomic  # noqa: E402
-
+from ecos_pl.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def write_text_atomic(path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text), binary=False)
+def _sigma(score_privacy: dict, key: str) -> float:
+    """σ per count, `key` "device_sigma" or "sum_sigma"; one client's report has only its `noise_sigma`."""
+    return score_privacy.get(key) or score_privacy.get("noise_sigma", 0)
+
+
+def _runs(args) -> Path:
+    """Where the `train.py` runs of parts train and flower are kept (one results JSON each)."""
+    runs = args.out / "runs" / f"fleet-train-{args.data}"
+    runs.mkdir(parents=True, exist_ok=True)
+    return runs
+
+
+def _fleet_run(runs: Path, n: int, noise: str, seed: int) -> Path:
+    """Part train's results file for N devices (-1: one per sample); part flower reads its distributed runs."""
+    return runs / f"ecos-n{n}-{noise}-seed{seed}.json"
 
 
 def _pipeline(overrides):
@@ -64,8 +77,8 @@ def part_digits(args) -> list[dict]:
                     _, report = p.select()
                     sp = report.score_privacy or {}
                     rows.append({"data": args.data, "seed": seed, "devices": devices, "noise": noise, "unit": unit,
-                                 "in_domain": round(report.in_domain_fraction, 4), "device_sigma": round(sp.get("device_sigma") or sp.get("noise_sigma", 0), 3),
-                                 "sum_sigma": round(sp.get("sum_sigma") or sp.get("noise_sigma", 0), 3), "bytes_up_per_device": report.bytes_up // devices,
+                                 "in_domain": round(report.in_domain_fraction, 4), "device_sigma": round(_sigma(sp, "device_sigma"), 3),
+                                 "sum_sigma": round(_sigma(sp, "sum_sigma"), 3), "bytes_up_per_device": report.bytes_up // devices,
                                  "bytes_down_per_device": report.bytes_down, "seconds": round(time.perf_counter() - start, 2)})
                     print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -75,11 +88,9 @@ def part_train(args) -> list[dict]:
     """Whole `train.py` runs (compression: the student trained on the proxy set, tested on the client's test split)
     with the client split over N devices, local vs distributed noise at the fleet's ε; one row per (N, noise), mean ±
     std over the seeds."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from compare_samplers import mean_std, run_kept
 
-    runs = args.out / "runs" / f"fleet-train-{args.data}"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = _runs(args)
     n_train, one_client = None, {}
     rows, points = [], []
     for n in args.n:
@@ -93,7 +104,7 @@ def part_train(args) -> list[dict]:
                     n_train = n_train or len(_pipeline(base).data.client_train)
                 devices = n_train if n == -1 else n
                 fleet = [f"clients={devices}", f"client.noise={noise}"] if devices > 1 else []
-                kept = run_kept(base + fleet, runs / f"ecos-n{n}-{noise}-seed{seed}.json")
+                kept = run_kept(base + fleet, _fleet_run(runs, n, noise, seed))
                 if kept is None:
                     raise SystemExit(f"a train.py run failed: {' '.join(base + fleet)}")
                 results.append(kept)
@@ -105,15 +116,16 @@ def part_train(args) -> list[dict]:
                          "client_test_acc": mean_std([r["client_test_acc"] for r in results]),
                          "acc_minus_one_client": mean_std(paired) if paired else "–",
                          "in_domain": mean_std([r["in_domain_fraction"] for r in results]),
-                         "sum_sigma": mean_std([round(r["score_privacy"].get("sum_sigma") or r["score_privacy"]["noise_sigma"], 3) for r in results]),
+                         "sum_sigma": mean_std([round(_sigma(r["score_privacy"], "sum_sigma"), 3) for r in results]),
                          "bytes_up_per_device": results[0]["bytes_up"] // devices,
                          "selection_seconds": mean_std([round(sum(r["timings"][k] for k in ("features", "compress", "score", "select")), 2) for r in results]),
                          "proxy_set_sha1_seed1": results[0]["proxy_set_sha1"][:12]})
-            points.append((devices, rows[-1]["noise"], [r["client_test_acc"] for r in results], [r["in_domain_fraction"] for r in results]))
+            points.append((devices, rows[-1]["noise"], [r["client_test_acc"] for r in results], [r["in_domain_fraction"] for r in results],
+                           float(np.mean([round(_sigma(r["score_privacy"], "sum_sigma"), 3) for r in results]))))
             print(json.dumps(rows[-1]), flush=True)
     _plot_train(points, args.out / f"{args.name or 'fleet-train'}.png", args.data)
     if args.out == RESULTS and args.data == "digits_lite" and args.seeds == [1, 2, 3]:
-        _readme_table(points, rows)
+        _readme_table(points)
     return rows
 
 
@@ -121,7 +133,7 @@ def part_train(args) -> list[dict]:
 README_START, README_END = "<!-- fleet table: benchmarks/fleet.py --part train -->", "<!-- end of fleet table -->"
 
 
-def _readme_table(points, rows) -> None:
+def _readme_table(points) -> None:
     from results_md import write_readme_block
 
     def cell(noise, devices):
@@ -133,11 +145,11 @@ def _readme_table(points, rows) -> None:
 
     lines = ["| devices | one client or local noise: accuracy (%) / in-domain | distributed noise, secure sum | σ in the sum (local / distributed) |",
              "|---|---|---|---|"]
-    sigma = {(r["devices"], r["noise"]): r["sum_sigma"].split(" ")[0] for r in rows}
+    sigma = {(q[0], q[1]): q[4] for q in points}
     for devices in sorted({q[0] for q in points}):
         local = "one client" if devices == 1 else "local"
         lines.append(f"| {devices}{' (one per sample)' if devices > 100 else ''} | {cell(local, devices)} | {cell('distributed', devices)} | "
-                     f"{float(sigma[(devices, local)]):.1f} / {float(sigma.get((devices, 'distributed'), 'nan')):.1f} |".replace(" / nan", ""))
+                     f"{sigma[(devices, local)]:.1f} / {sigma.get((devices, 'distributed'), float('nan')):.1f} |".replace(" / nan", ""))
     write_readme_block(ROOT / "README.md", README_START, README_END, "\n".join(lines))
 
 
@@ -174,13 +186,9 @@ def _plot_train(points, path: Path, data: str) -> None:
 def part_flower(args) -> list[dict]:
     """Whole `train.py` runs with `transport=flower`: N devices in Flower's simulation (Ray), distributed noise, the
     centroids round summed by SecAgg+; wall time, and whether the proxy set is the in-process secure sum's."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from compare_samplers import run_kept
 
-    from ecos_pl.atomic import write_json_atomic
-
-    runs = args.out / "runs" / f"fleet-train-{args.data}"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = _runs(args)
     rows = []
     for n in args.n:
         for seed in args.seeds:
@@ -193,7 +201,7 @@ def part_flower(args) -> list[dict]:
             if "wall_seconds" not in flower:  # a fresh run: its whole time (Ray's start and stop, the student's training)
                 flower["wall_seconds"] = round(time.perf_counter() - start, 1)
                 write_json_atomic({**json.loads(file.read_text()), "wall_seconds": flower["wall_seconds"]}, file)  # its config_sha1 kept
-            in_process = run_kept(base, runs / f"ecos-n{n}-distributed-seed{seed}.json")
+            in_process = run_kept(base, _fleet_run(runs, n, "distributed", seed))  # part train's run, kept
             rows.append({"data": args.data, "seed": seed, "devices": n, "transport": "flower + SecAgg+",
                          "client_test_acc": round(flower["client_test_acc"], 4), "in_domain": round(flower["in_domain_fraction"], 4),
                          "round_seconds": round(flower["timings"]["score"], 1),  # the simulation: Ray up, SecAgg+'s stages, down

@@ -9,35 +9,23 @@ masks cancel exactly modulo 2**32), so accuracy against the number of devices is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ecos_pl.protocol.errors import ECOSInputError
-from ecos_pl.protocol.exchange import Exchange, InProcessExchange, Round
+from ecos_pl.protocol.exchange import InProcessExchange, Round
 from ecos_pl.protocol.messages import HEADER_BYTES, CentroidsMessage, ScoresMessage, answer_tag
 
 
 @dataclass
-class SecureSumExchange(Exchange):
+class SecureSumExchange(InProcessExchange):
     """The devices in this process; the centroids round answers one `ScoresMessage`, their summed shares. Any other
     message (the label round) goes to each device as in `InProcessExchange`."""
 
-    clients: list = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-        if not self.clients:
-            raise ECOSInputError("clients is empty; a secure sum needs at least one client.")
-        self._plain = InProcessExchange(self.clients)
-
-    @property
-    def n_clients(self) -> int:
-        return len(self.clients)
-
     def _deliver(self, message):
         if not isinstance(message, CentroidsMessage):
-            return self._plain._deliver(message)
+            return super()._deliver(message)
         total, seconds, macs = np.zeros(message.n_centroids, dtype=np.int64), 0.0, 0
         for client in self.clients:
             before = client.score_macs
