@@ -34,6 +34,7 @@ from ecos_pl.protocol.errors import ECOSInputError
 from ecos_pl.flower.exchange import DEFAULT_TIMEOUT, GridExchange
 from ecos_pl.protocol.exchange import Round
 from ecos_pl.protocol.messages import CentroidsMessage, ScoresMessage
+from ecos_pl.protocol.secure_sum import common_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,7 @@ class SecAggExchange(GridExchange):
                  "(%d counts, total %.0f); client ε: %s%s", self._summed, n, total.size, total.sum(),
                  _epsilons_text(epsilons),
                  f"; {clipped} entries clipped at {self.clip} on the devices" if clipped else "")
-        eps = set(epsilons.values())
-        return [ScoresMessage(total.astype(np.float32), eps.pop() if len(eps) == 1 else None)], seconds, 0
+        return [ScoresMessage(total.astype(np.float32), common_epsilon(epsilons.values()))], seconds, 0
 
     def _round(self, message, answers, seconds, macs) -> Round:
         """One summed answer stands for the clients it sums; each uploaded one masked vector (its weight, its R counts:

@@ -18,6 +18,12 @@ from ecos_pl.protocol.exchange import InProcessExchange, Round
 from ecos_pl.protocol.messages import HEADER_BYTES, CentroidsMessage, ScoresMessage, answer_tag
 
 
+def common_epsilon(epsilons) -> float | None:
+    """The ε a sum of devices' answers carries when they all answered at one ε (None: they differ, or exact counts)."""
+    values = set(epsilons)
+    return values.pop() if len(values) == 1 else None
+
+
 @dataclass
 class SecureSumExchange(InProcessExchange):
     """The devices in this process; the centroids round answers one `ScoresMessage`, their summed shares. Any other
@@ -33,8 +39,7 @@ class SecureSumExchange(InProcessExchange):
             total += client.share(message)
             seconds += time.perf_counter() - start
             macs += client.score_macs - before
-        epsilons = {c.privacy.epsilon for c in self.clients}
-        eps = epsilons.pop() if len(epsilons) == 1 else None
+        eps = common_epsilon(c.privacy.epsilon for c in self.clients)
         return [ScoresMessage(np.maximum(total, 0).astype(np.float32), eps, tag=answer_tag(message))], seconds, macs
 
     def _round(self, message, answers, seconds, macs) -> Round:
